@@ -1,0 +1,227 @@
+"""Mask metrics: per-pair intersection/union, gIoU, cIoU and the gRefCOCO no-target accuracies.
+
+Definitions (for one pair of a predicted mask P and a ground-truth mask G of the same [H, W] size; pixels
+where G = 255 are ignored everywhere, in P as well as in G):
+
+- I = |P ∩ G|, U = |P ∪ G|, IoU = I / U, and IoU = 1 where U = 0 (both empty on the valid pixels).
+- gIoU = mean of IoU over all pairs.
+- cIoU = ΣI / ΣU over all pairs; 1.0 where ΣU = 0 (every pair had both masks empty, so every IoU is 1).
+- A pair's GT "has no target" when no valid pixel of G is 1; the prediction "is empty" when no valid
+  pixel of P is set.
+- N-acc = (no-target pairs whose prediction is empty) / (no-target pairs): how often the model correctly
+  answers "nothing". T-acc = (pairs with a target whose prediction is non-empty) / (pairs with a target):
+  how often it finds something when something is there. Each is None when there is no pair of its kind.
+
+Inputs may be torch tensors on any device or numpy arrays.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+IGNORE_LABEL = 255
+
+MaskLike = torch.Tensor | np.ndarray
+
+
+def as_tensor(mask: MaskLike, name: str) -> torch.Tensor:
+    """Return `mask` as a torch tensor (contiguous numpy arrays are wrapped without copying)."""
+    if isinstance(mask, torch.Tensor):
+        return mask
+    if isinstance(mask, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(mask))
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
+
+
+def _binary_prediction(pred: torch.Tensor) -> torch.Tensor:
+    """Bool view of a prediction given as bool or as 0/1 numbers; anything else (e.g. logits) is refused."""
+    if pred.dtype == torch.bool:
+        return pred
+    if not bool(((pred == 0) | (pred == 1)).all()):
+        raise ValueError(
+            "prediction masks must be bool or hold only 0/1; threshold logits first (logits > 0)"
+        )
+    return pred != 0
+
+
+def _check_gt(gt: torch.Tensor) -> None:
+    if gt.dtype == torch.bool:
+        return
+    if not bool(((gt == 0) | (gt == 1) | (gt == IGNORE_LABEL)).all()):
+        raise ValueError(f"ground-truth masks must hold only 0, 1 or {IGNORE_LABEL} (ignore)")
+
+
+@dataclass(frozen=True)
+class PairCounts:
+    """Per-pair counts, each a long tensor [N] on the inputs' device.
+
+    intersection: |P ∩ G| on valid pixels; union: |P ∪ G| on valid pixels;
+    pred_nonempty / gt_has_target: bool [N], whether P resp. G has a valid positive pixel.
+    """
+
+    intersection: torch.Tensor
+    union: torch.Tensor
+    pred_nonempty: torch.Tensor
+    gt_has_target: torch.Tensor
+
+    @property
+    def iou(self) -> torch.Tensor:
+        """IoU per pair, float64 [N]; 1 where the union is empty."""
+        inter = self.intersection.double()
+        union = self.union.double()
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def pair_counts(preds: MaskLike, gts: MaskLike) -> PairCounts:
+    """Intersection and union of predicted masks against ground truths, ignoring GT = 255 pixels.
+
+    preds: bool (or 0/1) [N, H, W] or [H, W]; gts: 0/1/255 [N, H, W] or [H, W], same shape.
+    """
+    pred = _binary_prediction(as_tensor(preds, "preds"))
+    gt = as_tensor(gts, "gts").to(pred.device)
+    if pred.shape != gt.shape:
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} differs from ground-truth shape {tuple(gt.shape)}: "
+            "resize the predicted masks to the GT size (PixelLMImageProcessor.postprocess_masks) first"
+        )
+    _check_gt(gt)
+    if pred.dim() == 2:
+        pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
+    if pred.dim() != 3:
+        raise ValueError(f"masks must be [H, W] or [N, H, W], got shape {tuple(pred.shape)}")
+    valid = gt != IGNORE_LABEL if gt.dtype != torch.bool else torch.ones_like(gt)
+    target = (gt == 1) & valid
+    pred = pred & valid
+    return PairCounts(
+        intersection=(pred & target).flatten(1).sum(1),
+        union=(pred | target).flatten(1).sum(1),
+        pred_nonempty=pred.flatten(1).any(1),
+        gt_has_target=target.flatten(1).any(1),
+    )
+
+
+class IoUAccumulator:
+    """Running sums for gIoU, cIoU, N-acc and T-acc over (prediction, GT) pairs.
+
+    The state is a float64 vector (see `FIELDS`), so accumulators from several processes combine by
+    summation: `merge`, `to_tensor` / `from_tensor`, or `all_reduce_` under torch.distributed.
+    """
+
+    FIELDS = (
+        "iou_sum",
+        "intersection_sum",
+        "union_sum",
+        "pairs",
+        "no_target_pairs",
+        "no_target_empty_pred",
+        "target_pairs",
+        "target_nonempty_pred",
+    )
+
+    def __init__(self) -> None:
+        self._sums = torch.zeros(len(self.FIELDS), dtype=torch.float64)
+
+    def add(self, preds: MaskLike, gts: MaskLike) -> None:
+        """Add one pair ([H, W]) or a batch of pairs ([N, H, W]); see `pair_counts` for the inputs."""
+        self.add_counts(pair_counts(preds, gts))
+
+    def add_counts(self, counts: PairCounts) -> None:
+        """Add pairs whose counts were already computed."""
+        no_target = ~counts.gt_has_target
+        values = torch.stack(
+            [
+                counts.iou.sum(),
+                counts.intersection.double().sum(),
+                counts.union.double().sum(),
+                torch.tensor(counts.intersection.numel(), dtype=torch.float64, device=no_target.device),
+                no_target.double().sum(),
+                (no_target & ~counts.pred_nonempty).double().sum(),
+                counts.gt_has_target.double().sum(),
+                (counts.gt_has_target & counts.pred_nonempty).double().sum(),
+            ]
+        )
+        self._sums += values.cpu()
+
+    def _get(self, field: str) -> float:
+        return float(self._sums[self.FIELDS.index(field)])
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self._get("pairs"))
+
+    def _require_pairs(self, metric: str) -> None:
+        if self.num_pairs == 0:
+            raise ValueError(f"{metric} is undefined: no (prediction, GT) pair was added to the accumulator")
+
+    @property
+    def giou(self) -> float:
+        """Mean IoU over all pairs."""
+        self._require_pairs("gIoU")
+        return self._get("iou_sum") / self._get("pairs")
+
+    @property
+    def ciou(self) -> float:
+        """ΣI / ΣU over all pairs; 1.0 when ΣU = 0."""
+        self._require_pairs("cIoU")
+        union = self._get("union_sum")
+        return self._get("intersection_sum") / union if union > 0 else 1.0
+
+    @property
+    def n_acc(self) -> float | None:
+        """Fraction of no-target pairs predicted empty; None without no-target pairs."""
+        total = self._get("no_target_pairs")
+        return self._get("no_target_empty_pred") / total if total > 0 else None
+
+    @property
+    def t_acc(self) -> float | None:
+        """Fraction of pairs with a target predicted non-empty; None without such pairs."""
+        total = self._get("target_pairs")
+        return self._get("target_nonempty_pred") / total if total > 0 else None
+
+    def summary(self) -> dict[str, float]:
+        """giou, ciou, pairs, and n_acc / t_acc where defined."""
+        result = {"giou": self.giou, "ciou": self.ciou, "pairs": float(self.num_pairs)}
+        if self.n_acc is not None:
+            result["n_acc"] = self.n_acc
+        if self.t_acc is not None:
+            result["t_acc"] = self.t_acc
+        return result
+
+    def to_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The sums as a float64 tensor [len(FIELDS)] (a copy) on `device`."""
+        return self._sums.to(device, copy=True)
+
+    @classmethod
+    def from_tensor(cls, sums: torch.Tensor) -> "IoUAccumulator":
+        """An accumulator holding `sums` (float [len(FIELDS)], as made by `to_tensor`)."""
+        if sums.shape != (len(cls.FIELDS),):
+            raise ValueError(
+                f"expected sums of shape ({len(cls.FIELDS)},) in the order {cls.FIELDS}, "
+                f"got {tuple(sums.shape)}"
+            )
+        acc = cls()
+        acc._sums = sums.detach().to("cpu", torch.float64).clone()
+        return acc
+
+    def merge(self, other: "IoUAccumulator") -> "IoUAccumulator":
+        """Add `other`'s pairs to this accumulator; returns self."""
+        self._sums += other._sums
+        return self
+
+
+def all_reduce_(acc: IoUAccumulator, device: torch.device | str | None = None) -> IoUAccumulator:
+    """Sum `acc` over all processes in place when torch.distributed is initialized; else leave it as is.
+
+    device: where the collective runs; None picks the current CUDA device for the NCCL backend and the
+    CPU otherwise. Returns `acc`.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return acc
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    sums = acc.to_tensor(device)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    acc._sums = sums.to("cpu")
+    return acc

@@ -1,0 +1,404 @@
+"""PixelLMForCausalLM: CLIP vision tower + projectors + any causal LM + seg codebook + pixel decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.utils import ModelOutput
+
+from .configuration_pixellm import PixelLMConfig
+from .conversation import IGNORE_INDEX
+from .losses import bce_per_mask, dice_per_mask, refinement_per_mask
+from .pixel_decoder import FeatureNeck, PixelDecoder
+from .processing_pixellm import postprocess_masks
+from .seg_codebook import SegCodebook, SegGroups, find_seg_groups
+from .vision_tower import encode_levels, patch_validity
+
+MODEL_INPUT_KEYS = (
+    "pixel_values", "clip_resize", "offset", "input_ids", "labels", "attention_mask", "masks_list", "original_sizes",
+)
+
+
+def projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear - GELU - Linear (the mm_projector shape)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+
+@dataclass
+class ImageFeatures(ModelOutput):
+    """Everything PixelLM computes from a batch of B images, once per image.
+
+    llm_embeds: [B, n_img, H] projected image tokens for the LLM.
+    llm_valid: bool [B, n_img], False where the token covers only padding.
+    decoder_features: [B, L, D, g, g] neck features of each decoder level.
+    clip_resize: long [B, 2].
+    """
+
+    llm_embeds: torch.Tensor | None = None
+    llm_valid: torch.Tensor | None = None
+    decoder_features: torch.Tensor | None = None
+    clip_resize: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> "ImageFeatures":
+        """The features of images ``index`` (e.g. one row per conversation)."""
+        return ImageFeatures(
+            self.llm_embeds[index], self.llm_valid[index], self.decoder_features[index], self.clip_resize[index]
+        )
+
+
+@dataclass
+class PixelLMOutput(ModelOutput):
+    """Output of a forward pass.
+
+    loss: total (ce_w*CE + bce_w*(BCE + refine) + dice_w*Dice), when labels or masks are given.
+    ce_loss, bce_loss, dice_loss, refine_loss: the unweighted terms.
+    logits: [Q, T, V] next-token logits.
+    pred_masks: per image, mask logits [N_b, H_b, W_b] at the original size (in seg-group order).
+    seg_counts: [Q] targets per sequence.
+    """
+
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    bce_loss: torch.Tensor | None = None
+    dice_loss: torch.Tensor | None = None
+    refine_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_masks: list[torch.Tensor] | None = None
+    seg_counts: torch.Tensor | None = None
+
+
+@dataclass
+class PixelLMGenerateOutput(ModelOutput):
+    """Output of ``generate_with_masks`` for Q prompts.
+
+    sequences: per prompt, the generated token ids (without the prompt, up to and including eos).
+    pred_masks: per prompt, mask logits [N_q, H, W] at the original image size, in answer order.
+    """
+
+    sequences: list[list[int]] | None = None
+    pred_masks: list[torch.Tensor] | None = None
+
+
+class PixelLMPreTrainedModel(PreTrainedModel):
+    config_class = PixelLMConfig
+    base_model_prefix = "pixellm"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Our own modules keep PyTorch's default init; the CLIP and LLM sub-models init themselves."""
+
+
+class PixelLMForCausalLM(PixelLMPreTrainedModel):
+    """LLaVA-style chat LLM whose seg tokens are decoded into masks.
+
+    Sub-modules: ``vision_tower`` (CLIPVisionModel), ``mm_projector`` (level 0 -> LLM tokens),
+    ``out_mm_projector`` and ``image_feature_neck`` (every level -> decoder features), ``language_model``
+    (any causal LM), ``seg_codebook`` (text_hidden_fcs + fusion) and ``pixel_decoder``.
+    """
+
+    def __init__(self, config: PixelLMConfig) -> None:
+        super().__init__(config)
+        vis, hid = config.vision_config.hidden_size, config.text_config.hidden_size
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.mm_projector = projector(vis, config.mm_projector_hidden_mult * hid, hid)
+        self.out_mm_projector = projector(vis, config.mm_projector_hidden_mult * hid, hid)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.image_feature_neck = FeatureNeck(hid, config.out_dim)
+        self.seg_codebook = SegCodebook(config)
+        self.pixel_decoder = PixelDecoder(config)
+        self.post_init()
+
+    # -- embeddings (delegated, so resize_token_embeddings works) --------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def seg_token_ids(self) -> torch.Tensor:
+        if self.config.seg_token_ids is None:
+            raise ValueError("config.seg_token_ids is unset: build the model with model.tiny or set it from the tokenizer")
+        return torch.tensor(self.config.seg_token_ids, dtype=torch.long)
+
+    # -- image side ------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, clip_resize: torch.Tensor) -> ImageFeatures:
+        """pixel_values [B, 3, S, S], clip_resize [B, 2] -> ImageFeatures (CLIP runs once per image)."""
+        cfg = self.config
+        g, pool = cfg.vision_grid, cfg.image_token_pool
+        valid = patch_validity(clip_resize, cfg.image_size, g)
+        levels = encode_levels(self.vision_tower, pixel_values, valid, list(cfg.vision_feature_layers))
+        b = pixel_values.shape[0]
+        grid0 = levels[0].transpose(1, 2).reshape(b, -1, g, g)
+        pooled = F.interpolate(grid0.float(), size=(g // pool, g // pool), mode="bilinear", align_corners=False)
+        llm_embeds = self.mm_projector(pooled.to(grid0.dtype).flatten(2).transpose(1, 2))
+        llm_valid = F.interpolate(valid[:, None].float(), size=(g // pool, g // pool), mode="nearest")[:, 0].flatten(1) > 0
+        dec = [self.image_feature_neck(self.out_mm_projector(x).transpose(1, 2).reshape(b, -1, g, g)) for x in levels]
+        return ImageFeatures(llm_embeds, llm_valid, torch.stack(dec, dim=1), clip_resize)
+
+    def _splice_images(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: ImageFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's image tokens into its embeddings; mask the padded image tokens.
+
+        input_ids, attention_mask: [Q, T]; rows: features of each row's image -> (embeds [Q, T, H], mask [Q, T]).
+        """
+        embeds = self.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.image_token_id
+        per_row = is_image.sum(1)
+        if (per_row != 0).any():
+            expected = self.config.num_image_tokens
+            if not ((per_row == 0) | (per_row == expected)).all():
+                raise ValueError(
+                    f"each sequence must hold 0 or {expected} <image> tokens (config.num_image_tokens), got "
+                    f"{per_row.tolist()}: tokenise prompts with model.conversation.tokenize_conversation"
+                )
+            has = per_row > 0
+            embeds = embeds.clone()
+            embeds[is_image] = rows.llm_embeds[has].reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            attention_mask = attention_mask.clone()
+            attention_mask[is_image] = rows.llm_valid[has].reshape(-1).to(attention_mask.dtype)
+        return embeds, attention_mask
+
+    def _run_llm(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values: DynamicCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (last-layer hidden states [Q, T, H] after the final norm, logits [Q, T, V])."""
+        out = self.language_model.get_decoder()(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
+        hidden = out.last_hidden_state
+        return hidden, self.get_output_embeddings()(hidden)
+
+    def decode_masks(
+        self,
+        predicting_states: torch.Tensor,
+        features: ImageFeatures,
+        sizes: list[tuple[int, int]],
+    ) -> list[torch.Tensor]:
+        """Decode N targets in one batched decoder call.
+
+        predicting_states: [N, K, H]; features: the image features of each target (N entries);
+        sizes: the output size of each target -> list of N logits [H_i, W_i].
+        """
+        if predicting_states.shape[0] == 0:
+            return []
+        prompts = self.seg_codebook(predicting_states)
+        low_res = self.pixel_decoder(features.decoder_features, prompts.to(features.decoder_features.dtype))
+        return [
+            postprocess_masks(low_res[i : i + 1], self.config.image_size, features.clip_resize[i].tolist(), sizes[i])[0]
+            for i in range(low_res.shape[0])
+        ]
+
+    # -- training / teacher-forced forward ----------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        clip_resize: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        masks_list: list[torch.Tensor] | None = None,
+        original_sizes: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
+        **kwargs,
+    ) -> PixelLMOutput:
+        """Teacher-forced pass over Q sequences of B images.
+
+        input_ids, attention_mask, labels: [Q, T]; pixel_values [B, 3, S, S]; clip_resize [B, 2];
+        offset [B + 1] (rows offset[b]:offset[b+1] belong to image b; default one row per image);
+        masks_list: B tensors [N_b, H_b, W_b] of 0/1/255 targets; original_sizes [B, 2] (default: the
+        mask sizes, else clip_resize). ``image_features`` replaces pixel_values when already encoded.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if image_features is None:
+            if pixel_values is None:
+                raise ValueError("forward needs pixel_values and clip_resize (or image_features)")
+            image_features = self.encode_images(pixel_values, clip_resize)
+        num_images = image_features.llm_embeds.shape[0]
+        if offset is None:
+            offset = torch.arange(num_images + 1, device=input_ids.device)
+        row_image = torch.repeat_interleave(torch.arange(num_images, device=input_ids.device), offset.diff())
+        if row_image.numel() != input_ids.shape[0]:
+            raise ValueError(f"offset {offset.tolist()} covers {row_image.numel()} rows but input_ids has {input_ids.shape[0]}")
+        sizes = self._output_sizes(num_images, masks_list, original_sizes, image_features.clip_resize)
+
+        embeds, attn = self._splice_images(input_ids, attention_mask, image_features.select(row_image))
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden, logits = self._run_llm(embeds, attn, position_ids)
+
+        groups = find_seg_groups(input_ids, self.seg_token_ids, self.config.num_seg_tokens)
+        target_image = row_image[groups.rows]
+        masks = self.decode_masks(
+            SegCodebook.gather(hidden, groups), image_features.select(target_image), [sizes[int(b)] for b in target_image]
+        )
+        pred_masks = self._group_by_image(masks, target_image, num_images, sizes, hidden)
+
+        out = PixelLMOutput(logits=logits, pred_masks=pred_masks, seg_counts=groups.counts)
+        if labels is not None or masks_list is not None:
+            self._add_losses(out, logits, labels, pred_masks, masks_list, groups, row_image)
+        return out
+
+    @staticmethod
+    def _output_sizes(
+        num_images: int, masks_list: list[torch.Tensor] | None, original_sizes: torch.Tensor | None, clip_resize: torch.Tensor
+    ) -> list[tuple[int, int]]:
+        if masks_list is not None:
+            return [tuple(m.shape[-2:]) for m in masks_list]
+        source = original_sizes if original_sizes is not None else clip_resize
+        return [tuple(int(v) for v in source[b]) for b in range(num_images)]
+
+    @staticmethod
+    def _group_by_image(
+        masks: list[torch.Tensor], target_image: torch.Tensor, num_images: int, sizes: list[tuple[int, int]], like: torch.Tensor
+    ) -> list[torch.Tensor]:
+        out = []
+        for b in range(num_images):
+            mine = [m for m, i in zip(masks, target_image.tolist()) if i == b]
+            out.append(torch.stack(mine) if mine else like.new_zeros((0, *sizes[b]), dtype=torch.float32))
+        return out
+
+    def _add_losses(
+        self,
+        out: PixelLMOutput,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        pred_masks: list[torch.Tensor],
+        masks_list: list[torch.Tensor] | None,
+        groups: SegGroups,
+        row_image: torch.Tensor,
+    ) -> None:
+        cfg = self.config
+        zero = logits.new_zeros((), dtype=torch.float32)
+        ce = zero
+        if labels is not None:
+            ce = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+            )
+            if torch.isnan(ce):
+                ce = zero
+        bce, dice, refine = zero, zero, zero
+        if masks_list is not None:
+            bce_all, dice_all, refine_all = [], [], []
+            for b, (pred, gt) in enumerate(zip(pred_masks, masks_list)):
+                if pred.shape[0] != gt.shape[0]:
+                    raise ValueError(
+                        f"image {b}: the text holds {pred.shape[0]} seg groups but {gt.shape[0]} masks were given; "
+                        "masks_list must hold one mask per seg group, in order"
+                    )
+                if gt.shape[0] == 0:
+                    continue
+                gt = gt.to(pred.device)
+                bce_all.append(bce_per_mask(pred, gt))
+                dice_all.append(dice_per_mask(pred, gt))
+                if cfg.use_refinement_loss:
+                    counts = groups.counts[row_image == b].tolist()
+                    refine_all.append(refinement_per_mask(pred, gt, counts))
+            if bce_all:
+                bce, dice = torch.cat(bce_all).mean(), torch.cat(dice_all).mean()
+                if refine_all:
+                    refine = torch.cat(refine_all).mean()
+        out.ce_loss, out.bce_loss, out.dice_loss, out.refine_loss = ce, bce, dice, refine
+        out.loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * (bce + refine) + cfg.dice_loss_weight * dice
+
+    # -- inference --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_with_masks(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        clip_resize: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
+        image_features: ImageFeatures | None = None,
+        max_new_tokens: int = 512,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+    ) -> PixelLMGenerateOutput:
+        """Greedy generation for Q left-padded prompts, then all their masks in one decoder call.
+
+        The hidden state that predicts each generated token is kept as it is computed, so seg groups
+        need no second pass. input_ids/attention_mask [Q, T] (left padding); images as in ``forward``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if image_features is None:
+            image_features = self.encode_images(pixel_values, clip_resize)
+        num_images = image_features.llm_embeds.shape[0]
+        if offset is None:
+            offset = torch.arange(num_images + 1, device=input_ids.device)
+        row_image = torch.repeat_interleave(torch.arange(num_images, device=input_ids.device), offset.diff())
+        sizes = self._output_sizes(num_images, None, original_sizes, image_features.clip_resize)
+        eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
+        q = input_ids.shape[0]
+
+        embeds, attn = self._splice_images(input_ids, attention_mask, image_features.select(row_image))
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache() if use_cache else None
+        hidden, logits = self._run_llm(embeds, attn, positions, cache)
+        last_hidden = hidden[:, -1]
+        next_logits = logits[:, -1]
+
+        tokens = torch.zeros((q, 0), dtype=torch.long, device=input_ids.device)
+        predicting = []
+        done = torch.zeros(q, dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            token = next_logits.argmax(-1)
+            predicting.append(last_hidden)
+            tokens = torch.cat([tokens, token[:, None]], dim=1)
+            done |= token == eos
+            if done.all():
+                break
+            step_embed = self.get_input_embeddings()(token[:, None])
+            attn = torch.cat([attn, attn.new_ones(q, 1)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+            if use_cache:
+                hidden, logits = self._run_llm(step_embed, attn, positions[:, -1:], cache)
+            else:
+                embeds = torch.cat([embeds, step_embed], dim=1)
+                hidden, logits = self._run_llm(embeds, attn, positions)
+            last_hidden, next_logits = hidden[:, -1], logits[:, -1]
+
+        states = torch.stack(predicting, dim=1)
+        sequences = []
+        for i in range(q):
+            row = tokens[i].tolist()
+            sequences.append(row[: row.index(eos) + 1] if eos in row else row)
+        trimmed = torch.full_like(tokens, -1)
+        for i, seq in enumerate(sequences):
+            trimmed[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        # find_seg_groups returns positions t - 1; here the state predicting token t is states[:, t].
+        groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.num_seg_tokens)
+        groups.predicting_positions += 1
+        target_image = row_image[groups.rows]
+        masks = self.decode_masks(
+            SegCodebook.gather(states, groups), image_features.select(target_image), [sizes[int(b)] for b in target_image]
+        )
+        per_prompt = self._group_by_image(masks, groups.rows, q, [sizes[int(b)] for b in row_image], states)
+        return PixelLMGenerateOutput(sequences=sequences, pred_masks=per_prompt)

@@ -1,0 +1,89 @@
+"""The segmentation codebook: find seg groups, gather their predicting hidden states, fuse them per level."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .configuration_pixellm import PixelLMConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegGroups:
+    """Seg groups of a batch of sequences.
+
+    rows: [N] long, the sequence each target belongs to.
+    predicting_positions: [N, K] long, for each of a target's K seg tokens at position t, t - 1: the
+        position whose hidden state predicts it.
+    counts: [Q] long, targets per sequence.
+    """
+
+    rows: torch.Tensor
+    predicting_positions: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.rows.numel())
+
+
+def find_seg_groups(input_ids: torch.Tensor, seg_token_ids: torch.Tensor, num_seg_tokens: int) -> SegGroups:
+    """input_ids [Q, T] -> the seg groups: every K consecutive seg tokens of a row, in order.
+
+    A row whose seg-token count is not a multiple of K keeps its whole groups and drops the remainder
+    with a warning.
+    """
+    is_seg = torch.isin(input_ids, seg_token_ids.to(input_ids.device))
+    rows, positions, counts = [], [], []
+    for q in range(input_ids.shape[0]):
+        pos = torch.nonzero(is_seg[q], as_tuple=False)[:, 0]
+        n = pos.numel() // num_seg_tokens
+        if pos.numel() % num_seg_tokens:
+            logger.warning(
+                "sequence %d has %d seg tokens, not a multiple of K=%d: keeping %d whole groups, dropping the rest",
+                q, pos.numel(), num_seg_tokens, n,
+            )
+        positions.append(pos[: n * num_seg_tokens].reshape(n, num_seg_tokens) - 1)
+        rows.append(torch.full((n,), q, dtype=torch.long, device=input_ids.device))
+        counts.append(n)
+    return SegGroups(
+        rows=torch.cat(rows),
+        predicting_positions=torch.cat(positions).long(),
+        counts=torch.tensor(counts, dtype=torch.long, device=input_ids.device),
+    )
+
+
+class SegCodebook(nn.Module):
+    """Maps the K predicting hidden states of each target to one prompt per decoder level.
+
+    ``text_hidden_fcs``: Linear(H->H) - ReLU - Linear(H->D); then, per level l, a weighted sum of the
+    states of tokens l*S ... l*S+S-1 (S = seg_token_num). Weights are learnable (init 1/S) or, with
+    ``compat_fixed_fusion``, fixed at 1/K as in the original.
+    """
+
+    def __init__(self, config: PixelLMConfig) -> None:
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.levels, self.per_level = config.image_feature_scale_num, config.seg_token_num
+        self.text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.out_dim))
+        shape = (self.levels, self.per_level)
+        if config.compat_fixed_fusion:
+            self.register_buffer("token_weights", torch.full(shape, 1.0 / config.num_seg_tokens))
+        else:
+            self.token_weights = nn.Parameter(torch.full(shape, 1.0 / self.per_level))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """states: [N, K, H] predicting hidden states -> prompts [N, L, D]."""
+        x = self.text_hidden_fcs(states)
+        x = x.reshape(x.shape[0], self.levels, self.per_level, -1)
+        return (x * self.token_weights[None, :, :, None].to(x.dtype)).sum(dim=2)
+
+    @staticmethod
+    def gather(hidden_states: torch.Tensor, groups: SegGroups) -> torch.Tensor:
+        """hidden_states [Q, T, H] -> the predicting states of every target [N, K, H]."""
+        return hidden_states[groups.rows[:, None], groups.predicting_positions]

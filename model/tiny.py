@@ -1,0 +1,97 @@
+"""Build a tiny random PixelLM folder locally (no download): config, safetensors weights, tokenizer.
+
+    python -m model.tiny --out DIR [--seed N] [--corpus FILE]
+
+The model is shaped like the real one (two scales, K = 6, padded CLIP input, 2-level decoder) but small
+enough for a CPU: a forward+backward of a batch of 4 takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from .configuration_pixellm import PixelLMConfig
+from .modeling_pixellm import PixelLMForCausalLM
+from .processing_pixellm import PixelLMImageProcessor
+from .tiny_tokenizer import train_tiny_tokenizer
+from .tokens import PixelLMTokenIds
+
+TINY_VISION = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 64,
+}
+TINY_TEXT = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+TINY_PIXELLM = {
+    "seg_token_num": 3,
+    "image_feature_scale_num": 2,
+    "vision_feature_layers": [-2, -3],
+    "out_dim": 64,
+    "decoder_depth": 2,
+    "decoder_num_heads": 4,
+    "decoder_mlp_dim": 256,
+    "decoder_attention_downsample": 2,
+}
+
+
+def tiny_config(vocab_size: int, token_ids: PixelLMTokenIds, eos_token_id: int, bos_token_id: int, pad_token_id: int) -> PixelLMConfig:
+    """The tiny PixelLMConfig for a tokenizer of ``vocab_size`` tokens."""
+    text = {**TINY_TEXT, "vocab_size": vocab_size, "eos_token_id": eos_token_id, "bos_token_id": bos_token_id, "pad_token_id": pad_token_id}
+    return PixelLMConfig(
+        vision_config=dict(TINY_VISION),
+        text_config=text,
+        image_token_id=token_ids.image,
+        im_start_token_id=token_ids.im_start,
+        im_end_token_id=token_ids.im_end,
+        seg_token_ids=list(token_ids.seg),
+        **TINY_PIXELLM,
+    )
+
+
+def build_tiny(out_dir: str | os.PathLike, seed: int = 0, corpus: list[str] | None = None) -> Path:
+    """Write a complete tiny random PixelLM folder to ``out_dir`` and return its path."""
+    torch.manual_seed(seed)
+    num_seg = TINY_PIXELLM["seg_token_num"] * TINY_PIXELLM["image_feature_scale_num"]
+    tokenizer, token_ids = train_tiny_tokenizer(corpus or [], num_seg, model_max_length=TINY_TEXT["max_position_embeddings"])
+    config = tiny_config(len(tokenizer), token_ids, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)
+    model = PixelLMForCausalLM(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    PixelLMImageProcessor(image_size=config.image_size).save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpus", help="text file (one text per line) the tokenizer is trained on, e.g. a synthetic world's corpus.txt")
+    args = parser.parse_args()
+    corpus = Path(args.corpus).read_text().splitlines() if args.corpus else None
+    out = build_tiny(args.out, args.seed, corpus)
+    n = sum(p.numel() for p in PixelLMForCausalLM.from_pretrained(out).parameters())
+    print(f"wrote a tiny PixelLM ({n / 1e6:.2f}M parameters) to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Special tokens of PixelLM: the image placeholders and the segmentation codebook.
+
+A target is written in text as one *seg group*: the K = seg_token_num * image_feature_scale_num
+codebook tokens ``[SEG0] [SEG1] ... [SEG{K-1}]`` separated by spaces. Token ids are always resolved
+with ``convert_tokens_to_ids`` (never by tokenising the string, which can return a whitespace prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import AddedToken, PreTrainedTokenizerBase
+
+IMAGE_TOKEN = "<image>"
+IM_START_TOKEN = "<im_start>"
+IM_END_TOKEN = "<im_end>"
+
+
+def seg_token_names(num_seg_tokens: int) -> list[str]:
+    """Names of the K codebook tokens, ``["[SEG0]", ..., "[SEG{K-1}]"]`` (``["[SEG]"]`` when K = 1)."""
+    if num_seg_tokens < 1:
+        raise ValueError(f"num_seg_tokens must be >= 1, got {num_seg_tokens}")
+    if num_seg_tokens == 1:
+        return ["[SEG]"]
+    return [f"[SEG{i}]" for i in range(num_seg_tokens)]
+
+
+def seg_group_text(num_seg_tokens: int) -> str:
+    """The text of one target: the K codebook tokens joined by spaces."""
+    return " ".join(seg_token_names(num_seg_tokens))
+
+
+@dataclass(frozen=True)
+class PixelLMTokenIds:
+    """Ids of every special token PixelLM needs, as one tokenizer assigns them."""
+
+    image: int
+    im_start: int
+    im_end: int
+    seg: tuple[int, ...]
+
+    @property
+    def num_seg_tokens(self) -> int:
+        return len(self.seg)
+
+
+def add_pixellm_tokens(tokenizer: PreTrainedTokenizerBase, num_seg_tokens: int) -> PixelLMTokenIds:
+    """Add the image and seg tokens to ``tokenizer`` (a no-op for those it has) and return their ids.
+
+    Seg tokens strip the whitespace before them, so ``"chili [SEG0] [SEG1]"`` tokenises to
+    ``chili, [SEG0], [SEG1]``: the state that predicts ``[SEG0]`` is the one of ``chili``.
+    """
+    seg_names = seg_token_names(num_seg_tokens)
+    new = [
+        AddedToken(name, lstrip=True, rstrip=False, normalized=False, special=True)
+        for name in seg_names
+        if name not in tokenizer.get_vocab()
+    ]
+    new += [
+        AddedToken(name, lstrip=False, rstrip=False, normalized=False, special=True)
+        for name in (IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN)
+        if name not in tokenizer.get_vocab()
+    ]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+    return resolve_token_ids(tokenizer, num_seg_tokens)
+
+
+def resolve_token_ids(tokenizer: PreTrainedTokenizerBase, num_seg_tokens: int) -> PixelLMTokenIds:
+    """Look up the ids of the PixelLM tokens; raise a clear error if the tokenizer lacks any."""
+    names = [IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN, *seg_token_names(num_seg_tokens)]
+    vocab = tokenizer.get_vocab()
+    missing = [n for n in names if n not in vocab]
+    if missing:
+        raise ValueError(
+            f"The tokenizer lacks the PixelLM tokens {missing}. Call model.tokens.add_pixellm_tokens("
+            f"tokenizer, {num_seg_tokens}) (training does this) or load the tokenizer saved with the model."
+        )
+    ids = [tokenizer.convert_tokens_to_ids(n) for n in names]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"PixelLM tokens {names} resolved to non-distinct ids {ids}")
+    return PixelLMTokenIds(image=ids[0], im_start=ids[1], im_end=ids[2], seg=tuple(ids[3:]))
