@@ -48,8 +48,8 @@ class TokenizedConversation:
 def conversation_text(turns: list[Turn], system: str = SYSTEM_PROMPT) -> str:
     """The plain-text form of a conversation (for logs and for the original's tooling)."""
     parts = [system]
-    for turn in turns:
-        parts.append(f" USER: {turn.question} ASSISTANT:")
+    for i, turn in enumerate(turns):
+        parts.append(f"{' ' if i == 0 else ''}USER: {turn.question} ASSISTANT:")
         if turn.answer is not None:
             parts.append(f" {turn.answer}</s>")
     return "".join(parts)
@@ -77,22 +77,29 @@ def tokenize_conversation(
 
     if tokenizer.bos_token_id is not None:
         out.extend([tokenizer.bos_token_id], supervised=False)
-    out.extend(text(system), supervised=False)
+    # Unsupervised text is buffered and tokenised in one piece; only the answer boundaries must be exact.
+    pending = system
     for i, turn in enumerate(turns):
         question = turn.question
         if IMAGE_TOKEN in question and (i > 0 or question.count(IMAGE_TOKEN) > 1):
             raise ValueError("Only the first question may hold the <image> placeholder, once")
-        out.extend(text(" USER: "), supervised=False)
+        user = " USER:" if i == 0 else "USER:"
         if IMAGE_TOKEN in question:
             before, after = question.split(IMAGE_TOKEN)
-            out.extend(text(before), supervised=False)
-            image = [token_ids.im_start] + [token_ids.image] * num_image_tokens + [token_ids.im_end]
-            out.extend(image, supervised=False)
-            question = after
-        out.extend(text(question) + text(" ASSISTANT:"), supervised=False)
+            pending += user + (f" {before.strip()}" if before.strip() else "")
+            out.extend(text(pending), supervised=False)
+            out.extend([token_ids.im_start] + [token_ids.image] * num_image_tokens + [token_ids.im_end], supervised=False)
+            # The original's tokenizer dropped whitespace next to added tokens, so "<image>\n" carries no newline.
+            pending = after.lstrip("\n") + " ASSISTANT:"
+        else:
+            pending += f"{user} {question} ASSISTANT:"
         if turn.answer is None:
             if i != len(turns) - 1:
                 raise ValueError("Only the last turn may lack an answer")
             break
+        out.extend(text(pending), supervised=False)
         out.extend(text(" " + turn.answer) + [tokenizer.eos_token_id], supervised=True)
+        pending = ""
+    if pending:
+        out.extend(text(pending), supervised=False)
     return out
