@@ -1,0 +1,256 @@
+"""The evaluation loop: gIoU and cIoU of a model on a validation set (used by training and --eval_only).
+
+Two kinds of batches, told apart by their labels:
+
+- teacher-forced (ReasonSeg, refCOCO-style sets): the answers hold the ground-truth seg groups; one
+  forward pass gives a mask per group, scored as (logit > 0) against its GT mask;
+- free generation (MUSE sets, whose prompts end with an empty assistant turn): the prompts are
+  re-padded on the left, answered greedily with ``generate_with_masks``, and each question's predicted
+  masks are matched to its GT masks (``evaluation.matching.question_mask_pairs``: unmatched masks on
+  either side count as IoU-0 pairs).
+
+Items are processed in dataset order (each rank takes every world_size-th item when sharding), the model
+runs in eval mode without gradients, and the sums are all-reduced, so the result does not depend on the
+batch size or the number of ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from model.conversation import IGNORE_INDEX
+from model.modeling_pixellm import MODEL_INPUT_KEYS
+
+from .matching import MatchingConfig, question_mask_pairs
+from .metrics import IoUAccumulator, PairCounts, all_reduce_, pair_counts
+
+
+@dataclass
+class EvalOptions:
+    """How ``evaluate`` runs.
+
+    batch_size: images per batch (for a Dataset input); limit: evaluate only the first N items (0/None: all);
+    max_new_tokens: generation budget per question; jsonl_path: write one JSON line per item (rank 0,
+    items of all ranks, in dataset order); shard: split the items over the ranks (turn off under ZeRO-3,
+    whose every forward is a collective that all ranks must run together); tokenizer: decodes generated
+    answers for the JSONL; workers: DataLoader workers; desc: progress bar label.
+    """
+
+    batch_size: int = 1
+    limit: int | None = None
+    max_new_tokens: int = 512
+    jsonl_path: str | None = None
+    shard: bool = True
+    tokenizer: object | None = None
+    workers: int = 0
+    desc: str = "eval"
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The PixelLMForCausalLM inside a DeepSpeed engine and/or a peft model (LoRA layers stay in place)."""
+    inner = getattr(model, "module", model)
+    get_base = getattr(inner, "get_base_model", None)
+    return get_base() if callable(get_base) else inner
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    out = {}
+    for key in MODEL_INPUT_KEYS:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, dtype=dtype if key == "pixel_values" else None)
+        elif isinstance(value, list):
+            value = [v.to(device) for v in value]
+        out[key] = value
+    return out
+
+
+def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [Q, T] prompts -> the same prompts left-padded (generation appends on the right)."""
+    ids = torch.full_like(input_ids, pad_id)
+    mask = torch.zeros_like(attention_mask)
+    length = input_ids.shape[1]
+    for row in range(input_ids.shape[0]):
+        keep = attention_mask[row].bool()
+        n = int(keep.sum())
+        ids[row, length - n :] = input_ids[row, keep]
+        mask[row, length - n :] = 1
+    return ids, mask
+
+
+def _pairs_record(counts: PairCounts) -> dict:
+    return {
+        "iou": [round(float(v), 6) for v in counts.iou],
+        "intersection": counts.intersection.tolist(),
+        "union": counts.union.tolist(),
+    }
+
+
+def _teacher_forced(model: nn.Module, inputs: dict, batch: dict) -> list[tuple[PairCounts, dict]]:
+    """One forward pass; per image, (counts of its pairs, JSONL fields)."""
+    out = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        pixel_values=inputs["pixel_values"],
+        clip_resize=inputs["clip_resize"],
+        offset=inputs["offset"],
+        original_sizes=inputs["original_sizes"],
+    )
+    results = []
+    for b, (pred, gt) in enumerate(zip(out.pred_masks, inputs["masks_list"])):
+        if pred.shape[0] != gt.shape[0]:
+            raise RuntimeError(f"{batch['image_paths'][b]}: {pred.shape[0]} predicted masks for {gt.shape[0]} GT masks")
+        counts = pair_counts(pred > 0, gt)
+        results.append((counts, {}))
+    return results
+
+
+def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions, pad_id: int) -> list[tuple[PairCounts, dict]]:
+    """Greedy answers to every prompt; per image, (counts of its matched pairs, JSONL fields)."""
+    ids, mask = left_pad(inputs["input_ids"], inputs["attention_mask"], pad_id)
+    gen = model.generate_with_masks(
+        ids,
+        attention_mask=mask,
+        pixel_values=inputs["pixel_values"],
+        clip_resize=inputs["clip_resize"],
+        original_sizes=inputs["original_sizes"],
+        offset=inputs["offset"],
+        max_new_tokens=options.max_new_tokens,
+    )
+    offset = inputs["offset"].tolist()
+    results = []
+    for b, gt_all in enumerate(inputs["masks_list"]):
+        per_question = [len(t) for t in batch["sampled_classes_list"][b]]
+        gt_split = torch.split(gt_all, per_question)
+        preds, gts, answers = [], [], []
+        for j, gt in enumerate(gt_split):
+            row = offset[b] + j
+            for pred_mask, gt_mask in question_mask_pairs(gen.pred_masks[row], gt, options.matching):
+                preds.append(pred_mask)
+                gts.append(gt_mask)
+            if options.tokenizer is not None:
+                answers.append(options.tokenizer.decode(gen.sequences[row], skip_special_tokens=False))
+            else:
+                answers.append(gen.sequences[row])
+        height, width = gt_all.shape[-2:]
+        counts = pair_counts(
+            torch.stack(preds) if preds else torch.zeros((0, height, width), dtype=torch.bool),
+            torch.stack(gts) if gts else gt_all.new_zeros((0, height, width)),
+        )
+        pred_counts = [int(gen.pred_masks[offset[b] + j].shape[0]) for j in range(len(per_question))]
+        results.append((counts, {"answers": answers, "pred_counts": pred_counts}))
+    return results
+
+
+def _batches(data: Dataset | DataLoader, options: EvalOptions, rank: int, world: int) -> tuple[Iterable[dict], int, list[int] | None]:
+    """(batches, number of items this rank sees, their dataset indices when known)."""
+    if isinstance(data, DataLoader):
+        return data, len(data.dataset), None
+    collate = getattr(data, "collate_fn", None)
+    if collate is None:
+        raise TypeError("evaluate needs a DataLoader or a dataset with a collate_fn (dataset.validation.build_val_dataset)")
+    indices = list(range(len(data)))[: options.limit or None]
+    if options.shard:
+        indices = indices[rank::world]
+    loader = DataLoader(Subset(data, indices), batch_size=options.batch_size, shuffle=False, collate_fn=collate, num_workers=options.workers)
+    return loader, len(indices), indices
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str, options: EvalOptions | None = None) -> dict:
+    """gIoU, cIoU (and pairs, n_acc, t_acc where defined) of ``model`` on ``data``, summed over all ranks.
+
+    model: PixelLMForCausalLM, possibly inside peft and/or a DeepSpeed engine. data: a validation set with
+    ``collate_fn`` (batched and sharded here) or a DataLoader of collated batches (used as given; ``limit``
+    then counts images). Returns the metrics plus ``items`` (images evaluated).
+    """
+    options = options or EvalOptions()
+    device = torch.device(device)
+    net = _unwrap(model)
+    dtype = next(net.parameters()).dtype
+    pad_id = net.config.text_config.pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    rank, world = _world()
+    batches, total, indices = _batches(data, options, rank, world)
+    was_training = net.training
+    net.eval()
+    acc = IoUAccumulator()
+    records: list[dict] = []
+    seen = 0
+    progress = tqdm(total=total, desc=options.desc, unit="img", disable=rank != 0, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            if isinstance(data, DataLoader) and options.limit and seen >= options.limit:
+                break
+            inputs = _to_device(batch, device, dtype)
+            supervised = (inputs["labels"] != IGNORE_INDEX).any(dim=1)
+            if bool(supervised.all()):
+                results = _teacher_forced(net, inputs, batch)
+            elif not bool(supervised.any()):
+                results = _generated(net, inputs, batch, options, pad_id)
+            else:
+                raise ValueError("a batch mixes answered conversations and generation prompts: evaluate one validation set at a time")
+            for b, (counts, extra) in enumerate(results):
+                acc.add_counts(counts)
+                if options.jsonl_path:
+                    index = indices[seen + b] if indices is not None else seen + b
+                    records.append(
+                        {
+                            "index": index,
+                            "image_path": batch["image_paths"][b],
+                            "questions": batch["questions_list"][b],
+                            "targets": batch["sampled_classes_list"][b],
+                            **extra,
+                            **_pairs_record(counts),
+                        }
+                    )
+            seen += len(results)
+            progress.update(len(results))
+            if acc.num_pairs:
+                progress.set_postfix(giou=f"{acc.giou:.3f}", ciou=f"{acc.ciou:.3f}")
+    finally:
+        progress.close()
+        net.train(was_training)
+    if options.shard:
+        all_reduce_(acc)
+        seen = int(_sum_over_ranks(seen))
+    if options.jsonl_path:
+        _write_jsonl(options.jsonl_path, records, shard=options.shard, rank=rank)
+    return {**acc.summary(), "items": float(seen)}
+
+
+def _sum_over_ranks(value: int) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return sum(gathered)
+
+
+def _write_jsonl(path: str, records: list[dict], shard: bool, rank: int) -> None:
+    if shard and dist.is_available() and dist.is_initialized():
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+    if rank != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        for record in sorted(records, key=lambda r: r["index"]):
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,86 @@
+"""evaluation.evaluate: left padding, batch-size invariance, limit, JSONL output, DataLoader input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from dataset.validation import build_val_dataset
+from evaluation import EvalOptions, evaluate
+from evaluation.evaluate import left_pad
+from model import PixelLMForCausalLM, PixelLMImageProcessor
+from model.tiny import build_tiny
+from model.tokens import resolve_token_ids
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_world")
+    data = root / "data"
+    subprocess.run(
+        [sys.executable, "-m", "dataset.synthetic", "--out", str(data), "--train", "4", "--val", "3", "--preset", "demo"],
+        cwd=REPO, check=True, capture_output=True,
+    )
+    tiny = build_tiny(root / "tiny", seed=1, corpus=(data / "corpus.txt").read_text().splitlines())
+    model = PixelLMForCausalLM.from_pretrained(tiny).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    processor = PixelLMImageProcessor.from_pretrained(tiny)
+    ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+
+    def val(name: str):
+        return build_val_dataset(name, str(data), tokenizer, processor, ids, model.config.num_image_tokens)
+
+    return {"model": model, "tokenizer": tokenizer, "val": val}
+
+
+def test_left_pad_moves_padding_to_the_left():
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    new_ids, new_mask = left_pad(ids, mask, pad_id=0)
+    assert new_ids.tolist() == [[0, 5, 6, 7], [0, 0, 8, 9]]
+    assert new_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("name", ["ReasonSeg|val", "refcoco|unc|val", "MultiReasonSeg|val"])
+def test_results_do_not_depend_on_the_batch_size(setup, name):
+    val = setup["val"](name)
+    one = evaluate(setup["model"], val, "cpu", EvalOptions(batch_size=1, max_new_tokens=12))
+    three = evaluate(setup["model"], val, "cpu", EvalOptions(batch_size=3, max_new_tokens=12))
+    assert one["items"] == len(val) and one["pairs"] >= len(val)
+    assert one == pytest.approx(three, abs=1e-9)
+    assert 0.0 <= one["giou"] <= 1.0 and 0.0 <= one["ciou"] <= 1.0
+
+
+def test_limit_jsonl_and_dataloader_input(setup, tmp_path):
+    val = setup["val"]("MultiReasonSeg|val")
+    path = tmp_path / "out" / "muse.jsonl"
+    limited = evaluate(
+        setup["model"], val, "cpu",
+        EvalOptions(batch_size=2, limit=2, max_new_tokens=12, jsonl_path=str(path), tokenizer=setup["tokenizer"]),
+    )
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1] and limited["items"] == 2
+    assert sum(len(r["iou"]) for r in records) == limited["pairs"]
+    assert all(len(r["answers"]) == len(r["questions"]) == len(r["pred_counts"]) for r in records)
+    assert all(isinstance(a, str) for r in records for a in r["answers"])
+
+    loader = DataLoader(torch.utils.data.Subset(val, [0, 1]), batch_size=1, collate_fn=val.collate_fn)
+    from_loader = evaluate(setup["model"], loader, "cpu", EvalOptions(max_new_tokens=12))
+    assert from_loader == pytest.approx(limited, abs=1e-9)
+
+
+def test_training_mode_is_restored(setup):
+    model = setup["model"]
+    model.train()
+    evaluate(model, setup["val"]("ReasonSeg|val"), "cpu", EvalOptions(limit=1))
+    assert model.training
+    model.eval()
