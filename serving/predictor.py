@@ -1,0 +1,349 @@
+"""PixelLMPredictor: load a merged model folder once, embed an image once, ask questions about it.
+
+    predictor = PixelLMPredictor.from_pretrained("path/to/model", device="cuda", precision="bf16")
+    predictor.set_image("kitchen.jpg")              # CLIP runs here, once per image
+    answer = predictor.ask("Segment the chili and the curry.")
+    answer.text                                     # "The chili and the curry." (seg groups removed)
+    answer.targets[0].phrase, answer.targets[0].mask  # "chili", bool [H, W] at the image's size
+    predictor.ask("And the rice?")                  # same embedding; the prompt holds the first turn
+
+Masks are ``logit > 0`` at the original (EXIF-oriented) image size. ``Target.score`` is the mean
+sigmoid probability over the mask's pixels (0.0 for an empty mask): how sure the decoder is inside the
+region it chose, not a calibrated probability that the target exists. Phrases and the display text follow
+``serving.answer_parsing``. For a server with many users, keep one ``ChatSession`` per user and call
+``start`` / ``reply``; ``set_image`` / ``ask`` are the same on one built-in session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from model.conversation import Turn, tokenize_conversation
+from model.modeling_pixellm import ImageFeatures, PixelLMForCausalLM
+from model.processing_pixellm import PixelLMImageProcessor
+from model.tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, resolve_token_ids
+
+from .answer_parsing import parse_answer
+from .export import ExportTarget, mask_bbox
+from .image_io import ImageLoadConfig, ImageSource, load_image
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZATIONS = ("8bit", "4bit")
+# Modules kept in full precision when the LLM is quantised: everything that is not the language model.
+_NOT_QUANTIZED = ["vision_tower", "mm_projector", "out_mm_projector", "image_feature_neck", "seg_codebook", "pixel_decoder", "lm_head"]
+# Tokenizers without a real limit report a huge sentinel as model_max_length.
+_NO_LIMIT = 10**8
+
+
+class QuestionError(ValueError):
+    """A question the predictor cannot answer as given (empty, too long, holding image tokens)."""
+
+
+@dataclass
+class Target:
+    """One segmented target of an answer.
+
+    phrase: the words it belongs to, or "target j" when the answer names none (``phrase_found`` False).
+    mask: bool [H, W] at the original image size. bbox: (x, y, w, h) in pixels, zeros for an empty mask.
+    score: mean sigmoid probability inside the mask (0.0 when empty).
+    span: (start, end) of the phrase in ``Answer.text`` (start == end when none was found).
+    anchor: the offset in ``Answer.text`` where its seg group stood.
+    """
+
+    phrase: str
+    mask: np.ndarray
+    bbox: tuple[int, int, int, int]
+    score: float
+    span: tuple[int, int]
+    anchor: int
+    phrase_found: bool = True
+
+
+@dataclass
+class Answer:
+    """text: the answer without seg groups; targets: in answer order; warnings: dropped seg groups etc.
+    raw_text: the answer with its seg tokens, as it goes into the history; token_ids: the generated ids."""
+
+    question: str
+    text: str
+    targets: list[Target] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    raw_text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+
+    def export_targets(self) -> list[ExportTarget]:
+        """The targets in the form ``serving.export.save_answer`` takes."""
+        return [ExportTarget(phrase=t.phrase, mask=t.mask, score=t.score) for t in self.targets]
+
+
+@dataclass
+class ChatSession:
+    """One conversation about one image.
+
+    image: [H, W, 3] uint8 RGB (EXIF-oriented). features: its ImageFeatures (batch of 1, on the model's
+    device). history: the finished turns, answers with their seg tokens.
+    """
+
+    image: np.ndarray
+    features: ImageFeatures
+    history: list[Turn] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+class PixelLMPredictor:
+    """Inference on one loaded PixelLM: image embedding once, multi-turn questions, batched questions."""
+
+    def __init__(
+        self,
+        model: PixelLMForCausalLM,
+        tokenizer: PreTrainedTokenizerBase,
+        processor: PixelLMImageProcessor,
+        image_load_config: ImageLoadConfig | None = None,
+        model_max_length: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.image_load_config = image_load_config or ImageLoadConfig()
+        config = model.config
+        self.token_ids = resolve_token_ids(tokenizer, config.num_seg_tokens)
+        if list(self.token_ids.seg) != list(config.seg_token_ids) or self.token_ids.image != config.image_token_id:
+            raise ValueError(
+                f"the tokenizer's PixelLM token ids (image {self.token_ids.image}, seg {list(self.token_ids.seg)}) differ from "
+                f"config.json's (image_token_id {config.image_token_id}, seg_token_ids {config.seg_token_ids}): "
+                "save the tokenizer and the model from the same run into the same folder"
+            )
+        if processor.image_size != config.image_size:
+            raise ValueError(
+                f"preprocessor_config.json has image_size {processor.image_size} but the model expects "
+                f"{config.image_size} (config.json vision_config.image_size): use the folder's own preprocessor"
+            )
+        self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.text_config.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        limits = [config.text_config.max_position_embeddings]
+        if tokenizer.model_max_length and tokenizer.model_max_length < _NO_LIMIT:
+            limits.append(int(tokenizer.model_max_length))
+        if model_max_length is not None:
+            limits.append(int(model_max_length))
+        self.max_context = min(limits)
+        self._session: ChatSession | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        quantization: str | None = None,
+        image_load_config: ImageLoadConfig | None = None,
+        model_max_length: int | None = None,
+    ) -> "PixelLMPredictor":
+        """Load a merged folder (config.json, weights, tokenizer, preprocessor_config.json).
+
+        precision: "fp32", "bf16" or "fp16" for every module. quantization: None, "8bit" or "4bit" loads
+        the language model through bitsandbytes (CUDA only; the vision and mask modules stay in ``precision``).
+        """
+        path = Path(folder)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} holds no config.json: pass the folder written by the merge script or by model.tiny "
+                "(it holds config.json, the safetensors weights, the tokenizer and preprocessor_config.json)"
+            )
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        device = torch.device(device)
+        dtype = PRECISIONS[precision]
+        if quantization is None:
+            model = PixelLMForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        else:
+            model = PixelLMForCausalLM.from_pretrained(
+                path, dtype=dtype, quantization_config=_quantization_config(quantization, device), device_map={"": device}
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        processor = PixelLMImageProcessor.from_pretrained(path)
+        return cls(model, tokenizer, processor, image_load_config, model_max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.vision_tower.dtype
+
+    # -- sessions ------------------------------------------------------------------------------------------
+    def start(self, image: ImageSource) -> ChatSession:
+        """Load ``image`` (anything ``serving.image_io.load_image`` accepts) and embed it once."""
+        rgb = load_image(image, self.image_load_config)
+        return ChatSession(image=rgb, features=self._encode([rgb]))
+
+    def reply(self, session: ChatSession, question: str, max_new_tokens: int = 512) -> Answer:
+        """Answer ``question`` on ``session``'s image, seeing its earlier turns; appends the turn to it."""
+        ids = self._prompt_ids(session.history, question, max_new_tokens)
+        sizes = torch.tensor([session.size], dtype=torch.long, device=self.device)
+        answer = self._generate([ids], session.features, sizes, [session.image], [question], max_new_tokens)[0]
+        session.history.append(Turn(question=_turn_question(session.history, question), answer=answer.raw_text))
+        return answer
+
+    def set_image(self, image: ImageSource) -> None:
+        """Embed ``image`` and start a new conversation about it (the built-in session)."""
+        self._session = self.start(image)
+
+    def ask(self, question: str, max_new_tokens: int = 512) -> Answer:
+        """Answer on the image of ``set_image``; later questions see the earlier turns."""
+        if self._session is None:
+            raise RuntimeError("no image: call set_image(image) before ask(question)")
+        return self.reply(self._session, question, max_new_tokens)
+
+    def reset(self) -> None:
+        """Forget the conversation, keep the image embedding."""
+        if self._session is not None:
+            self._session.history.clear()
+
+    @property
+    def session(self) -> ChatSession | None:
+        return self._session
+
+    def ask_batch(self, items: Sequence[tuple[ImageSource, str]], max_new_tokens: int = 512) -> list[Answer]:
+        """Answer independent single-turn questions [(image, question), ...] in one batch.
+
+        Prompts are left-padded; the result equals asking each on a fresh ``set_image`` (up to float
+        rounding). The built-in session is left untouched.
+        """
+        if not items:
+            return []
+        images = [load_image(image, self.image_load_config) for image, _ in items]
+        questions = [question for _, question in items]
+        prompts = [self._prompt_ids([], q, max_new_tokens) for q in questions]
+        features = self._encode(images)
+        sizes = torch.tensor([img.shape[:2] for img in images], dtype=torch.long, device=self.device)
+        return self._generate(prompts, features, sizes, images, questions, max_new_tokens)
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _encode(self, images: list[np.ndarray]) -> ImageFeatures:
+        batch = self.processor(images)
+        pixel_values = batch["pixel_values"].to(self.device, self.dtype)
+        with torch.no_grad():
+            return self.model.encode_images(pixel_values, batch["clip_resize"].to(self.device))
+
+    def _prompt_ids(self, history: list[Turn], question: str, max_new_tokens: int) -> list[int]:
+        """Token ids of the llava_v1 prompt for ``question`` after ``history``; validates the question."""
+        if not isinstance(question, str) or not question.strip():
+            raise QuestionError("the question is empty: type what to segment or ask, e.g. 'Segment the dog.'")
+        for marker in (IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN):
+            if marker in question:
+                raise QuestionError(f"the question holds {marker!r}, which is reserved for the image: remove it")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        turns = [*history, Turn(_turn_question(history, question))]
+        ids = tokenize_conversation(self.tokenizer, turns, self.token_ids, self.model.config.num_image_tokens).input_ids
+        if len(ids) + max_new_tokens > self.max_context:
+            earlier = f", {len(history)} earlier turn(s) included" if history else ""
+            raise QuestionError(
+                f"the question is too long: the prompt is {len(ids)} tokens ({self.model.config.num_image_tokens} image "
+                f"tokens{earlier}) and up to {max_new_tokens} answer tokens are reserved, {len(ids) + max_new_tokens} in "
+                f"all, over the model's context limit of {self.max_context} tokens. Shorten the question"
+                + (", start a new conversation" if history else "")
+                + " or lower max_new_tokens."
+            )
+        return ids
+
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        features: ImageFeatures,
+        original_sizes: torch.Tensor,
+        images: list[np.ndarray],
+        questions: list[str],
+        max_new_tokens: int,
+    ) -> list[Answer]:
+        """Left-pad ``prompts`` (one per image of ``features``), generate, and build the Answers."""
+        length = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, length - len(ids) :] = 1
+        out = self.model.generate_with_masks(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            image_features=features,
+            original_sizes=original_sizes,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_token_id,
+        )
+        return [
+            self._answer(question, sequence, logits, image)
+            for question, sequence, logits, image in zip(questions, out.sequences, out.pred_masks, images)
+        ]
+
+    def _answer(self, question: str, sequence: list[int], logits: torch.Tensor, image: np.ndarray) -> Answer:
+        """Pair the well-formed seg groups of ``sequence`` with their mask logits [N, H, W]."""
+        parsed = parse_answer(sequence, self.tokenizer, self.token_ids.seg, self.eos_token_id)
+        warnings = list(parsed.warnings)
+        if logits.shape[0] != parsed.num_chunks:
+            warnings.append(f"the model decoded {logits.shape[0]} masks for {parsed.num_chunks} seg groups; masks dropped")
+            parsed.groups = []
+        logits = logits.float().cpu()
+        targets = []
+        for j, group in enumerate(parsed.groups):
+            mask_logits = logits[group.chunk]
+            mask = (mask_logits > 0).numpy()
+            score = float(torch.sigmoid(mask_logits[mask_logits > 0]).mean()) if mask.any() else 0.0
+            found = bool(group.phrase)
+            targets.append(
+                Target(
+                    phrase=group.phrase if found else f"target {j}",
+                    mask=mask,
+                    bbox=tuple(mask_bbox(mask)),
+                    score=score,
+                    span=group.span,
+                    anchor=group.anchor,
+                    phrase_found=found,
+                )
+            )
+        if targets and targets[0].mask.shape != image.shape[:2]:
+            raise RuntimeError(f"mask size {targets[0].mask.shape} differs from the image's {image.shape[:2]}")
+        return Answer(
+            question=question, text=parsed.text, targets=targets, warnings=warnings, raw_text=parsed.raw_text, token_ids=list(sequence)
+        )
+
+
+def _turn_question(history: list[Turn], question: str) -> str:
+    """The question as it enters the conversation: the first one carries the image placeholder."""
+    return question.strip() if history else f"{IMAGE_TOKEN}\n{question.strip()}"
+
+
+def _quantization_config(quantization: str, device: torch.device):
+    """A bitsandbytes config for the language model; clear errors where it cannot work."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be None or one of {QUANTIZATIONS}, got {quantization!r}")
+    if device.type != "cuda":
+        raise ValueError(
+            f"{quantization} loading needs a CUDA GPU (bitsandbytes), but the device is {device}: "
+            "drop --load_in_8bit/--load_in_4bit, or use --precision bf16 to halve memory instead"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"{quantization} loading needs bitsandbytes: pip install bitsandbytes") from exc
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_NOT_QUANTIZED)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_type="nf4",
+        llm_int8_skip_modules=_NOT_QUANTIZED,
+    )
