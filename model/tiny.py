@@ -38,7 +38,7 @@ TINY_TEXT = {
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
     "max_position_embeddings": 1024,
-    "rms_norm_eps": 1e-6,
+    "rms_norm_eps": 1e-5,
     "tie_word_embeddings": False,
 }
 TINY_PIXELLM = {
