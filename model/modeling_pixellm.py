@@ -208,10 +208,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             return []
         prompts = self.seg_codebook(predicting_states)
         low_res = self.pixel_decoder(features.decoder_features, prompts.to(features.decoder_features.dtype))
-        return [
-            postprocess_masks(low_res[i : i + 1], self.config.image_size, features.clip_resize[i].tolist(), sizes[i])[0]
-            for i in range(low_res.shape[0])
-        ]
+        groups: dict[tuple, list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault((tuple(features.clip_resize[i].tolist()), tuple(size)), []).append(i)
+        masks: list[torch.Tensor | None] = [None] * len(sizes)
+        for (clip_resize, size), index in groups.items():
+            for i, mask in zip(index, postprocess_masks(low_res[index], self.config.image_size, clip_resize, size)):
+                masks[i] = mask
+        return masks
 
     # -- training / teacher-forced forward ----------------------------------------------------------------
     def forward(
@@ -241,11 +245,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                 raise ValueError("forward needs pixel_values and clip_resize (or image_features)")
             image_features = self.encode_images(pixel_values, clip_resize)
         num_images = image_features.llm_embeds.shape[0]
-        if offset is None:
-            offset = torch.arange(num_images + 1, device=input_ids.device)
-        row_image = torch.repeat_interleave(torch.arange(num_images, device=input_ids.device), offset.diff())
-        if row_image.numel() != input_ids.shape[0]:
-            raise ValueError(f"offset {offset.tolist()} covers {row_image.numel()} rows but input_ids has {input_ids.shape[0]}")
+        row_image = self._row_images(offset, num_images, input_ids.shape[0], input_ids.device)
         sizes = self._output_sizes(num_images, masks_list, original_sizes, image_features.clip_resize)
 
         embeds, attn = self._splice_images(input_ids, attention_mask, image_features.select(row_image))
@@ -263,6 +263,16 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         if labels is not None or masks_list is not None:
             self._add_losses(out, logits, labels, pred_masks, masks_list, groups, row_image)
         return out
+
+    @staticmethod
+    def _row_images(offset: torch.Tensor | None, num_images: int, num_rows: int, device: torch.device) -> torch.Tensor:
+        """The image of each sequence row [Q] from ``offset`` [B + 1] (default: one row per image)."""
+        if offset is None:
+            offset = torch.arange(num_images + 1, device=device)
+        row_image = torch.repeat_interleave(torch.arange(num_images, device=device), offset.to(device).diff())
+        if row_image.numel() != num_rows:
+            raise ValueError(f"offset {offset.tolist()} covers {row_image.numel()} rows but input_ids has {num_rows}")
+        return row_image
 
     @staticmethod
     def _output_sizes(
@@ -351,9 +361,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         if image_features is None:
             image_features = self.encode_images(pixel_values, clip_resize)
         num_images = image_features.llm_embeds.shape[0]
-        if offset is None:
-            offset = torch.arange(num_images + 1, device=input_ids.device)
-        row_image = torch.repeat_interleave(torch.arange(num_images, device=input_ids.device), offset.diff())
+        row_image = self._row_images(offset, num_images, input_ids.shape[0], input_ids.device)
         sizes = self._output_sizes(num_images, None, original_sizes, image_features.clip_resize)
         eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
         q = input_ids.shape[0]

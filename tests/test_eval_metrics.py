@@ -166,7 +166,7 @@ def test_all_reduce_sums_over_processes(tmp_path):
     preds, gts = random_pairs(0, 10)
     whole = IoUAccumulator()
     whole.add(preds, gts)
-    reduced = IoUAccumulator.from_tensor(torch.load(result_file))
+    reduced = IoUAccumulator.from_tensor(torch.load(result_file, weights_only=True))
     assert reduced.num_pairs == 10
     assert torch.allclose(reduced.to_tensor(), whole.to_tensor(), rtol=1e-12, atol=0)
 

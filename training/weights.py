@@ -14,10 +14,18 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from .checkpoint import LATEST, resolve_checkpoint
+
+NUMPY_ARRAY_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64)},
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +59,11 @@ def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:
 
         ckpt_dir, tag = resolve_checkpoint(path)
         if not any((ckpt_dir / tag).glob("zero_pp_rank_*")):
-            # ZeRO stage 0: the module's state dict is stored whole (DeepSpeed's own files, pickled like all of them).
+            # ZeRO stage 0: the module's state dict is stored whole.
             logger.info("loading the stage-0 DeepSpeed checkpoint %s (tag %s)", ckpt_dir, tag)
-            states = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+            # The client state holds numpy RNG states: allow exactly the numpy array types, nothing else.
+            with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+                states = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
             return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
         logger.info("consolidating the DeepSpeed checkpoint %s (tag %s) to fp32", ckpt_dir, tag)
         return {k: v.detach() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag).items()}
