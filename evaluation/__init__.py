@@ -1,7 +1,7 @@
 """Evaluation: mask metrics (gIoU, cIoU, N-acc, T-acc), Hungarian matching of predicted to GT masks, the eval loop."""
 
 from .evaluate import EvalOptions, evaluate
-from .matching import MatchingConfig, hungarian_match, matching_cost, question_mask_pairs, sample_points
+from .matching import MaskPair, MatchingConfig, hungarian_match, matching_cost, question_mask_pairs, sample_points
 from .metrics import IGNORE_LABEL, IoUAccumulator, PairCounts, all_reduce_, pair_counts
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "matching_cost",
     "pair_counts",
     "question_mask_pairs",
+    "MaskPair",
     "sample_points",
 ]

@@ -138,12 +138,13 @@ def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions
     for b, gt_all in enumerate(inputs["masks_list"]):
         per_question = [len(t) for t in batch["sampled_classes_list"][b]]
         gt_split = torch.split(gt_all, per_question)
-        preds, gts, answers = [], [], []
+        preds, gts, unmatched, answers = [], [], [], []
         for j, gt in enumerate(gt_split):
             row = offset[b] + j
-            for pred_mask, gt_mask in question_mask_pairs(gen.pred_masks[row], gt, options.matching):
-                preds.append(pred_mask)
-                gts.append(gt_mask)
+            for pair in question_mask_pairs(gen.pred_masks[row], gt, options.matching):
+                preds.append(pair.pred)
+                gts.append(pair.gt)
+                unmatched.append(pair.unmatched)
             if options.tokenizer is not None:
                 answers.append(options.tokenizer.decode(gen.sequences[row], skip_special_tokens=False))
             else:
@@ -152,6 +153,7 @@ def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions
         counts = pair_counts(
             torch.stack(preds) if preds else torch.zeros((0, height, width), dtype=torch.bool),
             torch.stack(gts) if gts else gt_all.new_zeros((0, height, width)),
+            torch.tensor(unmatched, dtype=torch.bool),
         )
         pred_counts = [int(gen.pred_masks[offset[b] + j].shape[0]) for j in range(len(per_question))]
         results.append((counts, {"answers": answers, "pred_counts": pred_counts}))

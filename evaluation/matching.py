@@ -8,6 +8,7 @@ The points come from a torch.Generator seeded with `MatchingConfig.seed`, so mat
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,14 +96,23 @@ def hungarian_match(
     return [(int(r), int(c)) for r, c in zip(rows, cols)]
 
 
+class MaskPair(NamedTuple):
+    """One scored pair: prediction bool [H, W], GT [H, W] (0/1/255), and whether it is an unmatched pair (IoU 0)."""
+
+    pred: torch.Tensor
+    gt: torch.Tensor
+    unmatched: bool
+
+
 def question_mask_pairs(
     pred_logits: MaskLike, gt_masks: MaskLike, config: MatchingConfig = MatchingConfig()
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (prediction bool [H, W], GT [H, W]) pairs that score one question.
+) -> list[MaskPair]:
+    """The pairs that score one question.
 
     pred_logits [P, H, W], gt_masks [G, H, W] (0/1/255). Matched pairs compare (logit > 0) with their GT;
-    each unmatched GT is paired with an empty prediction (a missed target); each unmatched prediction,
-    thresholded, is paired with an empty GT (an extra target: IoU 0 unless its mask is empty).
+    each unmatched GT is paired with an empty prediction (a missed target), each unmatched prediction,
+    thresholded, with an empty GT (an extra target); both kinds are flagged ``unmatched`` and score IoU 0,
+    even when the extra prediction is empty after thresholding.
     Order: GT masks by index with their partner, then unmatched predictions by index.
     """
     logits = as_tensor(pred_logits, "pred_logits")
@@ -115,7 +125,10 @@ def question_mask_pairs(
     empty_pred = torch.zeros(gt.shape[1:], dtype=torch.bool, device=logits.device)
     empty_gt = torch.zeros(gt.shape[1:], dtype=gt.dtype, device=logits.device)
 
-    pairs = [(binary[pred_of_gt[g]] if g in pred_of_gt else empty_pred, gt[g]) for g in range(gt.shape[0])]
-    pairs += [(binary[p], empty_gt) for p in range(logits.shape[0]) if p not in matched_preds]
+    pairs = [
+        MaskPair(binary[pred_of_gt[g]], gt[g], False) if g in pred_of_gt else MaskPair(empty_pred, gt[g], True)
+        for g in range(gt.shape[0])
+    ]
+    pairs += [MaskPair(binary[p], empty_gt, True) for p in range(logits.shape[0]) if p not in matched_preds]
     return pairs
 

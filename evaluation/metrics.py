@@ -3,7 +3,9 @@
 Definitions (for one pair of a predicted mask P and a ground-truth mask G of the same [H, W] size; pixels
 where G = 255 are ignored everywhere, in P as well as in G):
 
-- I = |P ∩ G|, U = |P ∪ G|, IoU = I / U, and IoU = 1 where U = 0 (both empty on the valid pixels).
+- I = |P ∩ G|, U = |P ∪ G|, IoU = I / U, and IoU = 1 where U = 0 (both empty on the valid pixels),
+  except for an *unmatched* pair (multi-target matching: a missed target or an extra prediction paired
+  with an empty partner), whose IoU is 0 whatever its masks.
 - gIoU = mean of IoU over all pairs.
 - cIoU = ΣI / ΣU over all pairs; 1.0 where ΣU = 0 (every pair had both masks empty, so every IoU is 1).
 - A pair's GT "has no target" when no valid pixel of G is 1; the prediction "is empty" when no valid
@@ -58,26 +60,30 @@ class PairCounts:
     """Per-pair counts, each a long tensor [N] on the inputs' device.
 
     intersection: |P ∩ G| on valid pixels; union: |P ∪ G| on valid pixels;
-    pred_nonempty / gt_has_target: bool [N], whether P resp. G has a valid positive pixel.
+    pred_nonempty / gt_has_target: bool [N], whether P resp. G has a valid positive pixel;
+    unmatched: bool [N], pairs that score IoU 0 because one side was invented for an unmatched mask.
     """
 
     intersection: torch.Tensor
     union: torch.Tensor
     pred_nonempty: torch.Tensor
     gt_has_target: torch.Tensor
+    unmatched: torch.Tensor
 
     @property
     def iou(self) -> torch.Tensor:
-        """IoU per pair, float64 [N]; 1 where the union is empty."""
+        """IoU per pair, float64 [N]; 1 where the union is empty, 0 for unmatched pairs."""
         inter = self.intersection.double()
         union = self.union.double()
-        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        return torch.where(self.unmatched, torch.zeros_like(iou), iou)
 
 
-def pair_counts(preds: MaskLike, gts: MaskLike) -> PairCounts:
+def pair_counts(preds: MaskLike, gts: MaskLike, unmatched: MaskLike | bool | None = None) -> PairCounts:
     """Intersection and union of predicted masks against ground truths, ignoring GT = 255 pixels.
 
-    preds: bool (or 0/1) [N, H, W] or [H, W]; gts: 0/1/255 [N, H, W] or [H, W], same shape.
+    preds: bool (or 0/1) [N, H, W] or [H, W]; gts: 0/1/255 [N, H, W] or [H, W], same shape;
+    unmatched: bool [N] (or a bool for one pair), pairs forced to IoU 0 (default: none).
     """
     pred = _binary_prediction(as_tensor(preds, "preds"))
     gt = as_tensor(gts, "gts").to(pred.device)
@@ -94,11 +100,17 @@ def pair_counts(preds: MaskLike, gts: MaskLike) -> PairCounts:
     valid = gt != IGNORE_LABEL if gt.dtype != torch.bool else torch.ones_like(gt)
     target = (gt == 1) & valid
     pred = pred & valid
+    forced = torch.zeros(pred.shape[0], dtype=torch.bool, device=pred.device)
+    if unmatched is not None:
+        forced = torch.as_tensor(unmatched, dtype=torch.bool, device=pred.device).reshape(-1)
+        if forced.numel() != pred.shape[0]:
+            raise ValueError(f"unmatched has {forced.numel()} flags for {pred.shape[0]} pairs")
     return PairCounts(
         intersection=(pred & target).flatten(1).sum(1),
         union=(pred | target).flatten(1).sum(1),
         pred_nonempty=pred.flatten(1).any(1),
         gt_has_target=target.flatten(1).any(1),
+        unmatched=forced,
     )
 
 

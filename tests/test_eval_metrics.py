@@ -206,12 +206,12 @@ def test_matching_is_deterministic():
     first = question_mask_pairs(preds, gts, config)
     second = question_mask_pairs(preds.numpy(), gts.numpy(), config)
     assert len(first) == len(second) == 4
-    for (p1, g1), (p2, g2) in zip(first, second):
-        assert torch.equal(p1, p2) and torch.equal(g1, g2)
+    for (p1, g1, u1), (p2, g2, u2) in zip(first, second):
+        assert torch.equal(p1, p2) and torch.equal(g1, g2) and u1 == u2
 
 
-def pair_ious(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    return [pair_counts(p, g).iou.item() for p, g in pairs]
+def pair_ious(pairs) -> list[float]:
+    return [pair_counts(p.pred, p.gt, p.unmatched).iou.item() for p in pairs]
 
 
 def test_extra_prediction_adds_an_iou_zero_pair():
@@ -223,8 +223,8 @@ def test_extra_prediction_adds_an_iou_zero_pair():
     assert torch.equal(pairs[2][0], extra[0] > 0)
     assert not pairs[2][1].any()
     acc = IoUAccumulator()
-    for pred, gt in pairs:
-        acc.add(pred, gt)
+    for pair in pairs:
+        acc.add_counts(pair_counts(*pair))
     assert acc.giou == pytest.approx(2 / 3)
     # ΣI = both true targets, ΣU adds the 6x8 extra box.
     target_area = int((gts == 1).sum())
@@ -233,11 +233,18 @@ def test_extra_prediction_adds_an_iou_zero_pair():
 
 def test_extra_prediction_is_thresholded_not_raw_logits():
     gts = three_targets()[:1]
-    # The extra prediction is confidently empty (all logits < 0): it is an empty mask, so its pair scores 1.
+    # The extra prediction is confidently empty (all logits < 0): still an extra target, so IoU 0, not the
+    # 1 that an empty prediction against an empty GT would score; it adds nothing to ΣU.
     preds = torch.cat([logits_for(gts), torch.full((1, 48, 64), -3.0)])
     pairs = question_mask_pairs(preds, gts)
-    assert pairs[1][0].dtype == torch.bool
-    assert pair_ious(pairs) == [1.0, 1.0]
+    assert pairs[1].pred.dtype == torch.bool and not pairs[1].pred.any()
+    assert [p.unmatched for p in pairs] == [False, True]
+    assert pair_ious(pairs) == [1.0, 0.0]
+    acc = IoUAccumulator()
+    for pair in pairs:
+        acc.add_counts(pair_counts(*pair))
+    assert acc.giou == pytest.approx(0.5)
+    assert acc.ciou == pytest.approx(1.0)
 
 
 def test_missed_target_adds_an_iou_zero_pair():
