@@ -5,10 +5,13 @@ where there is one:
 
 1. `python -m dataset.synthetic`  writes the synthetic world in the real datasets' formats;
 2. `python -m model.tiny`         builds a tiny random PixelLM whose tokenizer covers the world's text;
-3. `deepspeed train_ds.py`        trains it (DeepSpeed ZeRO-2 + LoRA, launched as on a GPU machine);
-4. `merge_lora_weights_and_save_hf_model.py` merges LoRA into `runs/demo/hf_model`;
-5. `train_ds.py --eval_only`      evaluates refer val (teacher-forced) and MUSE val (free generation);
-6. `chat.py`                      answers one question on a validation image and saves its masks.
+3. `python -m training.segmentation_pretraining` teaches its vision tower and decoder to segment named
+                                     classes (a random LLM cannot yet give the decoder usable prompts);
+4. `deepspeed train_ds.py`        trains PixelLM from there (DeepSpeed ZeRO-2 + LoRA, launched as on a GPU machine);
+5. `merge_lora_weights_and_save_hf_model.py` merges LoRA into `runs/demo/hf_model`;
+6. `train_ds.py --eval_only`      evaluates refer val (teacher-forced) and MUSE val, test_less and test_many
+                                     (free generation);
+7. `chat.py`                      answers one question on a validation image and saves its masks.
 
 Results: `runs/demo/metrics.json`, `runs/demo/learning_curves.png`, `runs/demo/chat/`.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 REFER_VAL = "refcoco|unc|val"
 MUSE_VAL = "MultiReasonSeg|val"
+MUSE_TESTS = ("MultiReasonSeg|test_less", "MultiReasonSeg|test_many")
 
 
 def free_port() -> int:
@@ -82,6 +86,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/demo", help="where everything is written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_scenes", type=int, default=2000)
+    parser.add_argument("--pretrain_steps", type=int, default=800, help="segmentation pretraining steps (0: skip the stage)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps_per_epoch", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -90,31 +95,40 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.out)
-    world, base, merged = out / "data", out / "base_model", out / "hf_model"
+    world, base, pretrained, merged = out / "data", out / "base_model", out / "pretrained_model", out / "hf_model"
     py = sys.executable
-    run("1/6 synthetic world", [py, "-m", "dataset.synthetic", "--out", str(world), "--seed", str(args.seed),
+    run("1/7 synthetic world", [py, "-m", "dataset.synthetic", "--out", str(world), "--seed", str(args.seed),
                                  "--preset", "demo", "--train", str(args.train_scenes)])
-    run("2/6 tiny model", [py, "-m", "model.tiny", "--out", str(base), "--seed", str(args.seed), "--corpus", str(world / "corpus.txt")])
+    run("2/7 tiny model", [py, "-m", "model.tiny", "--out", str(base), "--seed", str(args.seed), "--corpus", str(world / "corpus.txt")])
 
-    common = ["--dataset_dir", str(world), "--log_base_dir", str(out), "--precision", "fp32",
-              "--val_dataset", f"{REFER_VAL}||{MUSE_VAL}", "--val_limit", str(args.val_limit), "--seed", str(args.seed)]
+    common = ["--dataset_dir", str(world), "--log_base_dir", str(out), "--precision", "fp32", "--seed", str(args.seed),
+              "--val_limit", str(args.val_limit)]
     launcher = [py, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port())]
     started = time.time()
-    run("3/6 train (DeepSpeed ZeRO-2 + LoRA)", launcher + [
-        "train_ds.py", "--version", str(base), "--exp_name", "train",
+    start_from = base
+    if args.pretrain_steps:
+        run("3/7 segmentation pretraining", [py, "-m", "training.segmentation_pretraining", "--version", str(base),
+                                              "--dataset_dir", str(world), "--out", str(pretrained),
+                                              "--steps", str(args.pretrain_steps), "--seed", str(args.seed)])
+        start_from = pretrained
+    run("4/7 train (DeepSpeed ZeRO-2 + LoRA)", launcher + [
+        "train_ds.py", "--version", str(start_from), "--exp_name", "train",
         "--dataset", "refer_seg||multi_reason_seg||vqa", "--sample_rates", "6,3,1", "--refer_seg_data", "refcoco",
         "--epochs", str(args.epochs), "--steps_per_epoch", str(args.steps_per_epoch), "--batch_size", str(args.batch_size),
         "--grad_accumulation_steps", "1", "--lr", str(args.lr), "--warmup_steps", "50", "--train_vision_tower",
-        "--torch_adam", "--workers", "0", *common])
+        "--torch_adam", "--workers", "0", "--val_dataset", f"{REFER_VAL}||{MUSE_VAL}", *common])
     train_seconds = time.time() - started
 
-    run("4/6 merge LoRA", [py, "merge_lora_weights_and_save_hf_model.py", "--version", str(base),
-                          "--weight", str(out / "train" / "ckpt_model"), "--save_path", str(merged)])
-    run("5/6 evaluate", [py, "train_ds.py", "--eval_only", "--version", str(merged), "--exp_name", "eval", "--workers", "0", *common])
+    run("5/7 merge LoRA", [py, "merge_lora_weights_and_save_hf_model.py", "--version", str(start_from),
+                          "--weight", str(out / "train" / "ckpt_model"), "--save_path", str(merged), "--precision", "fp32"])
+    every_split = "||".join((REFER_VAL, MUSE_VAL, *MUSE_TESTS))
+    run("6/7 evaluate", [py, "train_ds.py", "--eval_only", "--version", str(merged), "--exp_name", "eval", "--workers", "0",
+                         "--val_dataset", every_split, *common])
     results = read_eval(out / "eval" / "metrics.json")
     metrics = {
         "synthetic_refer_val": results[REFER_VAL],
         "synthetic_muse_val": results[MUSE_VAL],
+        **{f"synthetic_muse_{name.split('|')[1]}": results[name] for name in MUSE_TESTS},
         "train_seconds": round(train_seconds, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -122,7 +136,7 @@ def main() -> None:
 
     muse_val = json.loads((world / "muse" / "muse_val.json").read_text())[0]
     image = world / "refer_seg" / "images" / "mscoco" / "images" / "train2014" / muse_val["file_name"]
-    run("6/6 chat", [py, "chat.py", "--version", str(merged), "--image", str(image),
+    run("7/7 chat", [py, "chat.py", "--version", str(merged), "--image", str(image),
                      "--query", muse_val["questions"][0], "--out_dir", str(out / "chat")])
     print(f"\nmetrics: {json.dumps(metrics)}\nwritten: {out / 'metrics.json'}, {out / 'learning_curves.png'}, {out / 'chat'}")
 

@@ -133,6 +133,20 @@ def test_lora_only_inside_the_llm_and_trainable_groups(tiny_dir):
     assert "lora" not in summary2 and summary2["vision_tower"][0] == summary2["vision_tower"][1] > 0
 
 
+def test_train_llm_and_freeze_pixel_decoder(tiny_dir):
+    model, _, _ = load_base_model(args_for(tiny_dir))
+    summary = trainable_summary(prepare_trainable(model, LoraSettings(r=0, train_llm=True, freeze_pixel_decoder=True)))
+    assert summary["language_model"][0] == summary["language_model"][1] > 0
+    for group in ("out_mm_projector", "image_feature_neck", "pixel_decoder", "vision_tower"):
+        assert summary[group][0] == 0, group
+    for group in ("mm_projector", "seg_codebook", "embed_tokens", "lm_head"):
+        assert summary[group][0] == summary[group][1] > 0, group
+    with pytest.raises(ValueError, match="excludes LoRA"):
+        prepare_trainable(load_base_model(args_for(tiny_dir))[0], LoraSettings(r=8, train_llm=True))
+    with pytest.raises(ValueError, match="--lora_r 0"):
+        parse_train_args(["--version", str(tiny_dir), "--train_llm"])
+
+
 def test_lora_targets_that_match_nothing_are_refused(tiny_dir):
     model, _, _ = load_base_model(args_for(tiny_dir))
     with pytest.raises(ValueError, match="found none of"):

@@ -44,6 +44,8 @@ class TrainArgs:
     lora_dropout: float = flag(0.05, "LoRA dropout")
     lora_target_modules: str = flag("q_proj,v_proj", "comma-separated linear layer names inside the LLM that get LoRA")
     train_vision_tower: bool = flag(False, "also train the CLIP vision tower (for tiny models; frozen by default)")
+    freeze_pixel_decoder: bool = flag(False, "keep out_mm_projector, image_feature_neck and pixel_decoder as loaded (e.g. after python -m training.segmentation_pretraining)")
+    train_llm: bool = flag(False, "train every LLM weight instead of LoRA (needs --lora_r 0; for LLMs trained from scratch, e.g. tiny models)")
     gradient_checkpointing: bool = flag(False, "recompute activations in the backward pass (less memory, ~30%% slower)")
     # -- data -----------------------------------------------------------------------------------------
     dataset_dir: str = flag(_DATA_DEFAULTS.dataset_dir, "root folder of all datasets")
@@ -119,6 +121,8 @@ class TrainArgs:
             raise ValueError("--warmup_steps, --save_steps, --workers and --val_limit must be >= 0")
         if self.lora_r < 0:
             raise ValueError(f"--lora_r={self.lora_r}: must be >= 0 (0 disables LoRA)")
+        if self.train_llm and self.lora_r:
+            raise ValueError(f"--train_llm trains the whole LLM: pass --lora_r 0 with it (got --lora_r {self.lora_r})")
         if self.lora_r and not self.lora_targets:
             raise ValueError("--lora_target_modules is empty: name the LLM linear layers for LoRA, e.g. q_proj,v_proj")
         if self.eval_only and self.no_eval:
@@ -130,13 +134,15 @@ class TrainArgs:
 
 
 def build_parser(cls: type = TrainArgs, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one option per field of the dataclass ``cls`` (fields made with ``flag``)."""
+    """An argparse parser with one option per field of the dataclass ``cls`` made with ``flag`` (other fields are not options)."""
     parser = argparse.ArgumentParser(
         description=description or "Train PixelLM with DeepSpeed (LoRA on the LLM; projectors, codebook and pixel decoder fully trained).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(cls):
         meta = f.metadata
+        if "help" not in meta:
+            continue
         option = meta.get("flag", f"--{f.name}")
         if f.type in ("bool", bool):
             parser.add_argument(option, dest=f.name, action="store_true", help=meta["help"])

@@ -6,8 +6,10 @@ After ``prepare_trainable(model, lora)`` the model is a peft ``PeftModel`` (or t
 - LoRA A/B of the target linear layers, matched only inside ``language_model``;
 - the LLM's input embeddings and lm_head (the new special tokens must be learnt);
 - ``mm_projector``, ``out_mm_projector``, ``image_feature_neck``, ``seg_codebook`` (text_hidden_fcs and
-  fusion weights) and ``pixel_decoder``;
-- the CLIP ``vision_tower`` only with ``train_vision_tower``.
+  fusion weights) and ``pixel_decoder``, except the decoder side (``DECODER_SIDE``) with
+  ``freeze_pixel_decoder``;
+- the CLIP ``vision_tower`` only with ``train_vision_tower``;
+- every weight of the LLM with ``train_llm`` (no LoRA then), for an LLM trained from scratch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from model import PixelLMForCausalLM
 logger = logging.getLogger(__name__)
 
 FULLY_TRAINED = ("mm_projector", "out_mm_projector", "image_feature_neck", "seg_codebook", "pixel_decoder")
+DECODER_SIDE = ("out_mm_projector", "image_feature_neck", "pixel_decoder")
 REPORT_GROUPS = ("lora", "embed_tokens", "lm_head", *FULLY_TRAINED, "vision_tower", "language_model")
 
 
@@ -35,6 +38,8 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     train_vision_tower: bool = False
+    train_llm: bool = False
+    freeze_pixel_decoder: bool = False
 
 
 def lora_target_regex(target_modules: tuple[str, ...]) -> str:
@@ -55,6 +60,8 @@ def base_model_of(model: nn.Module) -> PixelLMForCausalLM:
 
 def prepare_trainable(model: PixelLMForCausalLM, lora: LoraSettings) -> nn.Module:
     """Freeze everything, add LoRA to the LLM, then unfreeze the fully trained modules; returns the model to train."""
+    if lora.train_llm and lora.r > 0:
+        raise ValueError("train_llm trains the whole LLM and excludes LoRA: set r = 0")
     model.requires_grad_(False)
     wrapped: nn.Module = model
     if lora.r > 0:
@@ -76,8 +83,10 @@ def prepare_trainable(model: PixelLMForCausalLM, lora: LoraSettings) -> nn.Modul
     base.get_input_embeddings().requires_grad_(True)
     base.get_output_embeddings().requires_grad_(True)
     for name in FULLY_TRAINED:
-        getattr(base, name).requires_grad_(True)
+        getattr(base, name).requires_grad_(not (lora.freeze_pixel_decoder and name in DECODER_SIDE))
     base.vision_tower.requires_grad_(lora.train_vision_tower)
+    if lora.train_llm:
+        base.language_model.requires_grad_(True)
     return wrapped
 
 

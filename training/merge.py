@@ -46,11 +46,13 @@ class MergeArgs:
     lora_dropout: float = flag(0.05, "LoRA dropout used in training")
     lora_target_modules: str = flag("q_proj,v_proj", "LoRA target modules used in training")
     train_vision_tower: bool = flag(False, "set when training used --train_vision_tower")
+    train_llm: bool = flag(False, "set when training used --train_llm")
+    freeze_pixel_decoder: bool = flag(False, "set when training used --freeze_pixel_decoder")
     precision: str = flag("bf16", "dtype of the saved weights", choices=PRECISIONS)
 
     def lora(self) -> LoraSettings:
         targets = tuple(name.strip() for name in self.lora_target_modules.split(",") if name.strip())
-        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets, self.train_vision_tower)
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets, self.train_vision_tower, self.train_llm, self.freeze_pixel_decoder)
 
 
 def load_trained_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -55,6 +55,8 @@ def lora_settings(args: TrainArgs) -> LoraSettings:
         dropout=args.lora_dropout,
         target_modules=tuple(args.lora_targets),
         train_vision_tower=args.train_vision_tower,
+        train_llm=args.train_llm,
+        freeze_pixel_decoder=args.freeze_pixel_decoder,
     )
 
 
