@@ -6,13 +6,14 @@ PixelLM starts from LLaVA, whose LLM already turns "the red circle" into a hidde
 something. A model built from random weights (``python -m model.tiny``) has no such LLM: the hidden
 states at its seg tokens barely differ between targets, the decoder cannot tell targets apart, learns
 to hedge over every object, and the LLM gets no useful gradient either. This stage breaks that circle
-before ``train_ds.py``: on semantic-segmentation label maps (the ``--sem_seg_data`` sources under
-``--dataset_dir``, read by the same loaders as training), the K seg states of a class are replaced by
-a state computed from its name alone, the LLM's final norm of the mean input embedding of the name's
-tokens, and the vision tower, decoder-side projector, feature neck, seg codebook, pixel decoder and input
-embeddings learn to segment that class with the model's own BCE + Dice losses. The LLM's layers are
-not run. The result is a PixelLM folder with the same config and tokenizer, the starting point of
-``train_ds.py --version``.
+before ``train_ds.py``. On the ``--dataset`` data of ``--dataset_dir`` (read by the training loaders),
+the K seg states of each target are replaced by a state computed from its name alone: the LLM's final
+norm of the mean input embedding of the name's tokens, the name being a class name (sem_seg) or a
+referring expression (refer_seg, which also teaches "leftmost" and "large"). The vision tower, the
+decoder-side projector, feature neck, seg codebook, pixel decoder and the input embeddings learn to
+segment the named target with the model's own BCE + Dice losses; the LLM's layers are not run. The
+result is a PixelLM folder with the same config and tokenizer, the starting point of ``train_ds.py
+--version ... --freeze_pixel_decoder``.
 
 Large models do not need this stage (their LLM and CLIP are pretrained); it exists for tiny models.
 """
@@ -53,7 +54,10 @@ class PretrainArgs:
     version: str = flag("", "PixelLM folder to start from (e.g. python -m model.tiny output)", required=True)
     dataset_dir: str = flag("", "data root holding the --sem_seg_data sources", required=True)
     out: str = flag("", "output PixelLM folder (written atomically)", required=True)
+    dataset: str = flag("sem_seg", "'||'-joined data types whose target names become prompts: sem_seg (class names), refer_seg (referring expressions)")
+    sample_rates: str = flag("1", "relative sampling rate of each --dataset entry")
     sem_seg_data: str = flag("ade20k", "'||'-joined semantic-segmentation sources, as in train_ds.py")
+    refer_seg_data: str = flag("refcoco", "'||'-joined referring datasets, as in train_ds.py")
     steps: int = flag(600, "optimizer steps")
     batch_size: int = flag(8, "images per step")
     num_classes_per_sample: int = flag(3, "classes (masks) drawn per image")
@@ -150,15 +154,16 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     for p in params:
         p.requires_grad_(True)
     data_args = DataArgs(
-        dataset_dir=args.dataset_dir, dataset="sem_seg", sample_rates="1", sem_seg_data=args.sem_seg_data,
+        dataset_dir=args.dataset_dir, dataset=args.dataset, sample_rates=args.sample_rates, sem_seg_data=args.sem_seg_data,
+        refer_seg_data=args.refer_seg_data,
         num_classes_per_sample=args.num_classes_per_sample, seed=args.seed, samples_per_epoch=args.steps * args.batch_size,
     )
     dataset = HybridDataset(data_args, processor, model.config.num_seg_tokens)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=collate_samples, num_workers=args.workers, drop_last=True)
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
-    logger.info("segmentation pretraining of %s on %s (%s): %d steps of %d images, lr %g, %s on %s",
-                args.version, args.dataset_dir, args.sem_seg_data, args.steps, args.batch_size, args.lr, args.precision, device)
+    logger.info("segmentation pretraining of %s on %s (%s, rates %s): %d steps of %d images, lr %g, %s on %s",
+                args.version, args.dataset_dir, args.dataset, args.sample_rates, args.steps, args.batch_size, args.lr, args.precision, device)
     model.train()
     started, ious = time.time(), []
     progress = tqdm(loader, total=args.steps, desc="segmentation pretraining", unit="step", dynamic_ncols=True)
