@@ -37,5 +37,5 @@ def every_object_baseline(val_set: ValDataset, limit: int | None = None) -> dict
         height, width = sample.image.shape[:2]
         image_id = image_of_file[os.path.relpath(sample.image_path, val_set.refer.image_root)]
         everything = union_mask(segmentations[image_id], height, width).astype(bool)
-        acc.add(np.broadcast_to(everything, sample.masks.shape), sample.masks)
+        acc.add(np.repeat(everything[None], sample.masks.shape[0], axis=0), sample.masks)
     return {"giou": acc.giou, "ciou": acc.ciou, "pairs": float(acc.num_pairs)}
