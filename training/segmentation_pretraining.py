@@ -52,7 +52,7 @@ class PretrainArgs:
     """Flags of the stage (``--version`` must be a PixelLM folder, e.g. ``python -m model.tiny`` output)."""
 
     version: str = flag("", "PixelLM folder to start from (e.g. python -m model.tiny output)", required=True)
-    dataset_dir: str = flag("", "data root holding the --sem_seg_data sources", required=True)
+    dataset_dir: str = flag("", "data root holding the --dataset sources", required=True)
     out: str = flag("", "output PixelLM folder (written atomically)", required=True)
     dataset: str = flag("sem_seg", "'||'-joined data types whose target names become prompts: sem_seg (class names), refer_seg (referring expressions)")
     sample_rates: str = flag("1", "relative sampling rate of each --dataset entry")
@@ -108,7 +108,10 @@ def name_states(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch
         if not ids:
             raise ValueError(f"class name {name!r} tokenises to nothing")
         means.append(embed(torch.tensor(ids, device=device)).mean(0))
-    states = model.language_model.get_decoder().norm(torch.stack(means))
+    final_norm = getattr(model.language_model.get_decoder(), "norm", None)
+    if final_norm is None:
+        raise TypeError(f"{type(model.language_model).__name__} has no final norm at .model.norm; this stage supports LLaMA-style LLMs")
+    states = final_norm(torch.stack(means))
     return states[:, None].expand(-1, model.config.num_seg_tokens, -1)
 
 
