@@ -21,21 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from training.distributed import free_port
+
 REFER_VAL = "refcoco|unc|val"
 MUSE_VAL = "MultiReasonSeg|val"
 MUSE_TESTS = ("MultiReasonSeg|test_less", "MultiReasonSeg|test_many")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(stage: str, cmd: list[str]) -> None:

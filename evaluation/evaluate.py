@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from model.conversation import IGNORE_INDEX
-from model.modeling_pixellm import MODEL_INPUT_KEYS
+from model.modeling_pixellm import model_inputs
 
 from .matching import MatchingConfig, question_mask_pairs
 from .metrics import IoUAccumulator, PairCounts, all_reduce_, pair_counts
@@ -67,18 +67,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    out = {}
-    for key in MODEL_INPUT_KEYS:
-        value = batch.get(key)
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, dtype=dtype if key == "pixel_values" else None)
-        elif isinstance(value, list):
-            value = [v.to(device) for v in value]
-        out[key] = value
-    return out
 
 
 def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +188,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device 
         for batch in batches:
             if isinstance(data, DataLoader) and options.limit and seen >= options.limit:
                 break
-            inputs = _to_device(batch, device, dtype)
+            inputs = model_inputs(batch, device, dtype)
             supervised = (inputs["labels"] != IGNORE_INDEX).any(dim=1)
             if bool(supervised.all()):
                 results = _teacher_forced(net, inputs, batch)

@@ -24,6 +24,20 @@ MODEL_INPUT_KEYS = (
 )
 
 
+def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """The ``forward`` arguments of a collated batch on ``device``: every MODEL_INPUT_KEYS entry (None when
+    absent), tensors and tensor lists moved, ``pixel_values`` cast to ``dtype``."""
+    out = {}
+    for key in MODEL_INPUT_KEYS:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, dtype=dtype if key == "pixel_values" else None)
+        elif isinstance(value, list):
+            value = [v.to(device) for v in value]
+        out[key] = value
+    return out
+
+
 def projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear - GELU - Linear (the mm_projector shape)."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))

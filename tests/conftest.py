@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterator
 
@@ -21,13 +20,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long-running test (a real training run, an end-to-end check)")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def deepspeed_env() -> Iterator[dict[str, str]]:
     """Make ``deepspeed.initialize`` work in this process as a world of one, without compiling anything.
@@ -37,6 +29,8 @@ def deepspeed_env() -> Iterator[dict[str, str]]:
     Tests should still use a torch optimizer (``"torch_adam": true``) to avoid compiling FusedAdam.
     Yields the distributed variables it set.
     """
+    from training.distributed import free_port
+
     dist_env = {
         "RANK": "0",
         "WORLD_SIZE": "1",

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 64, 48
 # name -> (RGB colour, (x0, y0, x1, y1) exclusive), non-overlapping
 BOXES = {
@@ -196,3 +200,17 @@ def write_muse(root: str, split: str = "train", text_answers: bool = True) -> No
     if text_answers:
         item["text_answers"] = ["The green one {seg} and the red one {seg} are not blue.", "The long blue box {seg}."]
     write_json(os.path.join(root, "muse", f"muse_{split}.json"), [item])
+
+
+def synthetic_world(root: Path, train: int, val: int, seed: int = 0) -> dict[str, Path]:
+    """``python -m dataset.synthetic`` (demo preset) into ``root/data`` and a tiny model whose tokenizer
+    was trained on its corpus into ``root/tiny``: {"root", "data", "tiny"}."""
+    from model.tiny import build_tiny
+
+    data = root / "data"
+    subprocess.run(
+        [sys.executable, "-m", "dataset.synthetic", "--out", str(data), "--train", str(train), "--val", str(val), "--preset", "demo"],
+        cwd=REPO, check=True, capture_output=True,
+    )
+    tiny = build_tiny(root / "tiny", seed=seed, corpus=(data / "corpus.txt").read_text().splitlines())
+    return {"root": root, "data": data, "tiny": tiny}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from training.distributed import free_port
 from forced_answers import ForcedAnswers, answer_ids
 from PIL import Image
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from data_fixtures import synthetic_world
 from dataset.validation import build_val_dataset
 from evaluation.baselines import every_object_baseline
 from evaluation.evaluate import EvalOptions, evaluate
 from model import PixelLMForCausalLM, PixelLMImageProcessor
-from model.tiny import build_tiny
 from model.tokens import resolve_token_ids
 from training.args import parse_train_args
 from training.segmentation_pretraining import PretrainArgs, pretrain_segmentation
@@ -43,12 +43,8 @@ def refer_val_giou(model_dir: Path, data: Path) -> float:
 def test_pretraining_then_train_ds_beats_untrained_and_every_object(tmp_path, deepspeed_env):
     from training.trainer import train
 
-    data = tmp_path / "data"
-    subprocess.run(
-        [sys.executable, "-m", "dataset.synthetic", "--out", str(data), "--train", "400", "--val", "12", "--preset", "demo"],
-        cwd=REPO, check=True, capture_output=True,
-    )
-    tiny = build_tiny(tmp_path / "tiny", seed=0, corpus=(data / "corpus.txt").read_text().splitlines())
+    world = synthetic_world(tmp_path, train=400, val=12)
+    data, tiny = world["data"], world["tiny"]
     pretrained = tmp_path / "pretrained"
     pretrain_segmentation(PretrainArgs(version=str(tiny), dataset_dir=str(data), out=str(pretrained), steps=600, device="cpu"))
     argv = [

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from data_fixtures import synthetic_world
 from dataset.mix import DataArgs, HybridDataset
 from model import PixelLMForCausalLM, PixelLMImageProcessor
-from model.tiny import build_tiny
 from training.segmentation_pretraining import (
     PretrainArgs,
     collate_samples,
@@ -22,19 +20,10 @@ from training.segmentation_pretraining import (
     pretrain_segmentation,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pretrain_world")
-    data = root / "data"
-    subprocess.run(
-        [sys.executable, "-m", "dataset.synthetic", "--out", str(data), "--train", "24", "--val", "2", "--preset", "demo"],
-        cwd=REPO, check=True, capture_output=True,
-    )
-    corpus = (data / "corpus.txt").read_text().splitlines()
-    return {"root": root, "data": data, "tiny": build_tiny(root / "tiny", seed=0, corpus=corpus)}
+    return synthetic_world(tmp_path_factory.mktemp("pretrain_world"), train=24, val=2)
 
 
 def fixed_batch(world: dict[str, Path], processor: PixelLMImageProcessor, k: int) -> dict:

@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from data_fixtures import synthetic_world
 from dataset.validation import build_val_dataset
 from evaluation import EvalOptions, evaluate
 from evaluation.evaluate import left_pad
 from model import PixelLMForCausalLM, PixelLMImageProcessor
-from model.tiny import build_tiny
 from model.tokens import resolve_token_ids
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval_world")
-    data = root / "data"
-    subprocess.run(
-        [sys.executable, "-m", "dataset.synthetic", "--out", str(data), "--train", "4", "--val", "3", "--preset", "demo"],
-        cwd=REPO, check=True, capture_output=True,
-    )
-    tiny = build_tiny(root / "tiny", seed=1, corpus=(data / "corpus.txt").read_text().splitlines())
+    world = synthetic_world(tmp_path_factory.mktemp("eval_world"), train=4, val=3, seed=1)
+    data, tiny = world["data"], world["tiny"]
     model = PixelLMForCausalLM.from_pretrained(tiny).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     processor = PixelLMImageProcessor.from_pretrained(tiny)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_fixtures import synthetic_world
 from dataset.validation import build_val_dataset
 from model import PixelLMForCausalLM
-from model.tiny import build_tiny
 from model.tokens import resolve_token_ids
 from training.args import parse_train_args
 from training.checkpoint import LATEST, read_latest
@@ -42,14 +42,7 @@ FAST_FLAGS = ["--precision", "fp32", "--torch_adam", "--workers", "0", "--batch_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """A small synthetic dataset tree and a tiny model whose tokenizer was trained on its corpus."""
-    root = tmp_path_factory.mktemp("train_world")
-    data = root / "data"
-    subprocess.run(
-        [sys.executable, "-m", "dataset.synthetic", "--out", str(data), "--train", "16", "--val", "3", "--preset", "demo"],
-        cwd=REPO, check=True, capture_output=True,
-    )
-    corpus = (data / "corpus.txt").read_text().splitlines()
-    return {"root": root, "data": data, "tiny": build_tiny(root / "tiny", seed=0, corpus=corpus)}
+    return synthetic_world(tmp_path_factory.mktemp("train_world"), train=16, val=3)
 
 
 def child_env() -> dict[str, str]:

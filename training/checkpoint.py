@@ -180,7 +180,7 @@ def load_checkpoint(engine, path: str | os.PathLike, trainable: list[str], dist:
         extra = sorted(set(saved or []) - set(trainable))
         raise ValueError(
             f"{ckpt_dir / tag} was trained with other trainable parameters (missing here: {missing[:5]}, extra: {extra[:5]}): "
-            "resume with the same --lora_* flags, --train_vision_tower and --version"
+            "resume with the same --lora_* flags, --train_vision_tower / --train_llm / --freeze_pixel_decoder and --version"
         )
     state = TrainState(
         global_step=int(client_state["global_step"]),

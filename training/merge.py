@@ -22,7 +22,7 @@ from model import PixelLMForCausalLM
 
 from .args import PRECISIONS, flag
 from .lora import LoraSettings, prepare_trainable
-from .model_setup import DTYPES, load_base_model
+from .model_setup import DTYPES, load_base_model, save_model_folder
 from .weights import load_state_dict_any
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def load_trained_weights(model: nn.Module, state: dict[str, torch.Tensor], sourc
     if trained_missing:
         raise ValueError(
             f"{source} lacks {len(trained_missing)} trained parameters (e.g. {trained_missing[:3]}): "
-            "pass the --lora_* flags and --train_vision_tower used in training"
+            "pass the --lora_* flags and --train_vision_tower / --train_llm / --freeze_pixel_decoder used in training"
         )
     loaded = len(state)
     logger.info("loaded %d tensors from %s; %d frozen tensors kept from the base model", loaded, source, len(result.missing_keys))
@@ -91,9 +91,6 @@ def merge_lora_checkpoint(args: MergeArgs) -> Path:
         raise TypeError(f"merging produced a {type(merged).__name__}, expected PixelLMForCausalLM")
     merged.requires_grad_(False)
     merged.to(DTYPES[args.precision])
-    out = Path(args.save_path)
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    processor.save_pretrained(out)
+    out = save_model_folder(merged, tokenizer, processor, args.save_path)
     logger.info("wrote the merged PixelLM (%s) to %s", args.precision, out)
     return out

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -131,3 +133,18 @@ def apply_loss_weights(config: PixelLMConfig, args: ModelFlags) -> None:
         if wanted is not None and wanted != getattr(config, name):
             logger.info("%s: %s (from the flag; the folder has %s)", name, wanted, getattr(config, name))
             setattr(config, name, float(wanted))
+
+
+def save_model_folder(model: PixelLMForCausalLM, tokenizer: PreTrainedTokenizerBase, processor: PixelLMImageProcessor, out: str | os.PathLike) -> Path:
+    """Write a complete model folder (weights, config, tokenizer, preprocessor) next to ``out`` and move it
+    into place, so that ``out`` is never half-written."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +37,7 @@ from model import PixelLMForCausalLM
 from model.losses import bce_per_mask, dice_per_mask
 
 from .args import build_parser, flag
-from .model_setup import DTYPES, load_base_model
+from .model_setup import DTYPES, load_base_model, save_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -131,20 +128,6 @@ def mask_loss(model: PixelLMForCausalLM, batch: dict, tokenizer, device: torch.d
     return torch.cat(losses).mean(), float(np.mean(ious))
 
 
-def save_folder_atomic(model: PixelLMForCausalLM, tokenizer, processor, out: str | os.PathLike) -> Path:
-    """Write the model folder next to ``out`` and move it into place, so ``out`` is never half-written."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
-
-
 def pretrain_segmentation(args: PretrainArgs) -> dict:
     """Run the stage; returns {"steps", "seconds", "train_iou" (mean over the last 50 steps), "out"}."""
     torch.manual_seed(args.seed)
@@ -183,7 +166,7 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
         progress.set_postfix(loss=f"{float(loss):.3f}", iou=f"{np.mean(ious[-50:]):.3f}")
     progress.close()
     model.requires_grad_(False)
-    out = save_folder_atomic(model, tokenizer, processor, args.out)
+    out = save_model_folder(model, tokenizer, processor, args.out)
     result = {"steps": len(ious), "seconds": round(time.time() - started, 1), "train_iou": float(np.mean(ious[-50:])), "out": str(out)}
     logger.info("wrote %s: %d steps in %.0f s, train IoU over the last 50 steps %.3f", out, result["steps"], result["seconds"], result["train_iou"])
     return result

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dataset.collate import Collator
 from dataset.skips import report_skips
 from evaluation.evaluate import EvalOptions, evaluate
-from model.modeling_pixellm import MODEL_INPUT_KEYS
+from model.modeling_pixellm import model_inputs
 from model.tokens import resolve_token_ids
 
 from .args import TrainArgs
@@ -64,18 +64,6 @@ def data_signature(args: TrainArgs, world_size: int) -> dict:
     """The settings that fix the order of training samples (compared on resume)."""
     keys = ("seed", "batch_size", "grad_accumulation_steps", "steps_per_epoch", "dataset", "sample_rates", "dataset_dir")
     return {**{k: getattr(args, k) for k in keys}, "world_size": world_size}
-
-
-def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    """The model's inputs of a collated batch on ``device`` (images in the training dtype)."""
-    out = {}
-    for key in MODEL_INPUT_KEYS:
-        value = batch.get(key)
-        if isinstance(value, torch.Tensor):
-            out[key] = value.to(device, dtype=dtype if key == "pixel_values" else None)
-        elif isinstance(value, list):
-            out[key] = [v.to(device) for v in value]
-    return out
 
 
 class LossMeter:
