@@ -22,7 +22,6 @@ step re-runs the whole sequence, as the original PixelLM did).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import write_results  # noqa: E402
 from model.tiny import build_tiny  # noqa: E402
 from serving.predictor import PixelLMPredictor  # noqa: E402
 
@@ -196,10 +196,7 @@ def main() -> None:
         "decode_ms_per_token_ratio_200_vs_20": round(ratio, 3),
         "rows": [asdict(r) for r in rows],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from bench.param_count import (
     load_presets,
     pixellm_part_counts,
 )
+from bench.report import text_table, write_results
 from model import PixelLMConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -263,10 +264,7 @@ def format_table(rows: list[dict]) -> str:
     for row in rows:
         cells = [f"{row['bytes'][key] / GIB:.2f}" for _, key in COLUMNS]
         table.append([row["model"], str(row["gpus"]), "yes" if row["gradient_checkpointing"] else "no", *cells])
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in table]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return text_table(table)
 
 
 def run(setup: TrainingSetup) -> dict:
@@ -304,9 +302,7 @@ def main() -> None:
     print(format_table(results["rows"]))
     print("(attn): the part of 'LLM act' that flash / memory-efficient attention does not store.")
     print("total = weights + optim + grads + buckets + max(CLIP, LLM act + logits)")
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    write_results(RESULTS_FILE, results)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, PreTrainedConfig
 
+from bench.report import text_table, write_results
 from model import PixelLMConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -212,10 +213,7 @@ def format_table(results: dict[str, dict]) -> str:
     ]
     rows = [["preset", *(name for name, _ in columns)]]
     rows += [[preset, *(millions(get(r)) for _, get in columns)] for preset, r in results.items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def main() -> None:
@@ -223,9 +221,7 @@ def main() -> None:
     results = dict(sorted(counts.items(), key=lambda item: item[1]["total"]))
     print(format_table(results))
     print("LLM+tok: embed_tokens and lm_head resized for <image>, <im_start>, <im_end> and the K seg tokens.")
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    write_results(RESULTS_FILE, results)
 
 
 if __name__ == "__main__":
