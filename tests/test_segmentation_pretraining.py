@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from training.segmentation_pretraining import (
     mask_loss,
     name_states,
     parse_args,
+    patch_class_loss,
     pretrain_segmentation,
 )
 
@@ -26,10 +28,17 @@ def world(tmp_path_factory) -> dict[str, Path]:
     return synthetic_world(tmp_path_factory.mktemp("pretrain_world"), train=24, val=2)
 
 
-def fixed_batch(world: dict[str, Path], processor: PixelLMImageProcessor, k: int) -> dict:
-    data_args = DataArgs(dataset_dir=str(world["data"]), dataset="sem_seg", sample_rates="1", sem_seg_data="ade20k", seed=5)
-    dataset = HybridDataset(data_args, processor, k)
-    return collate_samples([dataset[i] for i in range(4)])
+def fixed_batch(world: dict[str, Path], model: PixelLMForCausalLM, processor: PixelLMImageProcessor, dataset: str = "sem_seg") -> dict:
+    data_args = DataArgs(dataset_dir=str(world["data"]), dataset=dataset, sample_rates="1", sem_seg_data="ade20k",
+                         refer_seg_data="refcoco", seed=5)
+    data = HybridDataset(data_args, processor, model.config.num_seg_tokens)
+    return collate_samples([data[i] for i in range(4)], grid=model.config.vision_grid, image_size=model.config.image_size)
+
+
+def batch_losses(model: PixelLMForCausalLM, key_head: torch.nn.Linear, batch: dict, tokenizer) -> tuple[float, float]:
+    with torch.no_grad():
+        features = model.encode_images(batch["pixel_values"], batch["clip_resize"])
+        return float(mask_loss(model, features, batch, tokenizer)[0]), float(patch_class_loss(model, key_head, features, batch, tokenizer)[0])
 
 
 def config_dict(model: PixelLMForCausalLM) -> dict:
@@ -51,16 +60,16 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
     base = PixelLMForCausalLM.from_pretrained(world["tiny"])
     tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
     processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
-    batch = fixed_batch(world, processor, base.config.num_seg_tokens)
+    batch = fixed_batch(world, base, processor)
     assert len(batch["names"]) == len(batch["masks"]) == batch["image_index"].numel()
-    with torch.no_grad():
-        loss_before, _ = mask_loss(base, batch, tokenizer, torch.device("cpu"), torch.float32)
+    loss_before, _ = batch_losses(base, torch.nn.Linear(base.config.text_config.hidden_size, base.config.out_dim), batch, tokenizer)
 
     out = world["root"] / "pretrained"
-    args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(out), steps=25, batch_size=4,
-                        warmup_steps=5, device="cpu")
+    args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(out), vision_steps=10, steps=25,
+                        batch_size=4, warmup_steps=5, device="cpu")
     result = pretrain_segmentation(args)
-    assert result["steps"] == 25 and result["out"] == str(out)
+    assert result["steps"] == 35 and result["out"] == str(out)
+    assert 0.0 <= result["vision_patch_accuracy"] <= 1.0
     assert not out.with_name(out.name + ".partial").exists()
 
     trained = PixelLMForCausalLM.from_pretrained(out)
@@ -74,9 +83,69 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
     untouched = [name for name in changed if name.startswith(("mm_projector.", "language_model.model.layers.", "language_model.lm_head."))]
     assert untouched == []
 
-    with torch.no_grad():
-        loss_after, _ = mask_loss(trained, batch, tokenizer, torch.device("cpu"), torch.float32)
-    assert float(loss_after) < 0.8 * float(loss_before)
+    loss_after, _ = batch_losses(trained, torch.nn.Linear(base.config.text_config.hidden_size, base.config.out_dim), batch, tokenizer)
+    assert loss_after < 0.8 * loss_before
+
+
+def test_patch_labels_name_the_class_under_each_patch_centre(world):
+    model = PixelLMForCausalLM.from_pretrained(world["tiny"])
+    processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
+    batch = fixed_batch(world, model, processor)
+    g, size = model.config.vision_grid, model.config.image_size
+    labels = batch["patch_labels"]
+    assert labels.shape == (4, g, g) and set(batch["names"]) == set(batch["class_names"])
+    checked = 0
+    for mask, name, b in zip(batch["masks"], batch["names"], batch["image_index"].tolist()):
+        resized_h, resized_w = batch["clip_resize"][b].tolist()
+        height, width = mask.shape
+        for row, col in zip(*torch.nonzero(labels[b] == batch["class_names"].index(name), as_tuple=True)):
+            y = int((row + 0.5) * size / g * height / resized_h)
+            x = int((col + 0.5) * size / g * width / resized_w)
+            assert mask[y, x] == 1
+            checked += 1
+        # Every patch whose centre falls inside the mask carries the label.
+        assert int((labels[b] == batch["class_names"].index(name)).sum()) > 0
+    assert checked > 0
+    # Padding patches are never labelled: the bottom/right rows and columns beyond clip_resize.
+    for b in range(4):
+        resized_h, resized_w = batch["clip_resize"][b].tolist()
+        first_pad_row = int(-(-resized_h * g // size))
+        assert (labels[b, first_pad_row:] == -100).all()
+
+
+def test_referring_samples_get_no_patch_labels_and_no_class_loss(world):
+    model = PixelLMForCausalLM.from_pretrained(world["tiny"])
+    tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
+    processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
+    batch = fixed_batch(world, model, processor, dataset="refer_seg")
+    assert batch["class_names"] == [] and (batch["patch_labels"] == -100).all()
+    key_head = torch.nn.Linear(model.config.text_config.hidden_size, model.config.out_dim)
+    assert batch_losses(model, key_head, batch, tokenizer)[1] == 0.0
+
+
+def test_patch_class_loss_learns_to_tell_classes_apart(world):
+    """A few steps on one batch: the loss falls from about ln(U) and the patch accuracy rises."""
+    torch.manual_seed(0)
+    model = PixelLMForCausalLM.from_pretrained(world["tiny"])
+    tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
+    processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
+    batch = fixed_batch(world, model, processor)
+    key_head = torch.nn.Linear(model.config.text_config.hidden_size, model.config.out_dim, bias=False)
+    params = [*model.vision_tower.parameters(), *model.out_mm_projector.parameters(), *model.image_feature_neck.parameters(),
+              *key_head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    accuracies, losses = [], []
+    for _ in range(30):
+        features = model.encode_images(batch["pixel_values"], batch["clip_resize"])
+        loss, accuracy = patch_class_loss(model, key_head, features, batch, tokenizer)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        accuracies.append(accuracy)
+    assert losses[0] < 2 * math.log(len(batch["class_names"]))  # cosine logits: no confident guess at the start
+    assert losses[-1] < 0.5 * losses[0]
+    assert accuracies[-1] > accuracies[0] + 0.2
 
 
 def test_cli_flags_keep_the_dataclass_defaults():
