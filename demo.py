@@ -5,10 +5,14 @@ where there is one:
 
 1. `python -m dataset.synthetic`  writes the synthetic world in the real datasets' formats;
 2. `python -m model.tiny`         builds a tiny random PixelLM whose tokenizer covers the world's text;
-3. `python -m training.segmentation_pretraining` teaches its vision tower and decoder to segment named
-                                     classes (a random LLM cannot yet give the decoder usable prompts);
-4. `deepspeed train_ds.py`        trains PixelLM from there (DeepSpeed ZeRO-2 + LoRA, launched as on a GPU machine);
-5. `merge_lora_weights_and_save_hf_model.py` merges LoRA into `runs/demo/hf_model`;
+3. `python -m training.segmentation_pretraining` gives it what CLIP and LLaVA give the real model: its
+                                     vision tower learns shapes and colours, its decoder learns to segment named
+                                     targets (a random LLM cannot yet give the decoder usable prompts);
+4. `deepspeed train_ds.py --train_llm --freeze_pixel_decoder` trains the whole (random) LLM to read the
+                                     image and the question and to prompt the pretrained decoder (DeepSpeed
+                                     ZeRO-2, launched as on a GPU machine); merged into `runs/demo/llm_model`;
+5. `deepspeed train_ds.py`        the PixelLM recipe proper from there: LoRA on the LLM, decoder trained too,
+                                     at a lower learning rate; merged into `runs/demo/hf_model`;
 6. `train_ds.py --eval_only`      evaluates refer val (teacher-forced) and MUSE val, test_less and test_many
                                      (free generation);
 7. `chat.py`                      answers a few validation questions and saves masks and overlays.
@@ -46,29 +50,67 @@ def read_eval(path: Path) -> dict[str, dict[str, float]]:
     return {r["set"]: {"giou": r["giou"], "ciou": r["ciou"]} for r in json.loads(path.read_text())}
 
 
-def plot_curves(train_dir: Path, out: Path) -> None:
-    """Training losses per step and validation gIoU per epoch, as one PNG."""
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _smooth(points: list[tuple[int, float]], window: int = 50) -> tuple[list[int], list[float]]:
+    steps, values = zip(*points)
+    kernel = min(window, len(values))
+    smoothed = [sum(values[max(0, i - kernel + 1) : i + 1]) / len(values[max(0, i - kernel + 1) : i + 1]) for i in range(len(values))]
+    return list(steps), smoothed
+
+
+def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
+    """One PNG: segmentation pretraining (per step), train_ds losses (per step) and validation gIoU of consecutive train_ds runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(train_dir))
-    events.Reload()
-    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
-    for tag in ("train/loss", "train/ce_loss", "train/bce_loss", "train/dice_loss"):
-        if tag in events.Tags()["scalars"]:
-            points = events.Scalars(tag)
-            ax_loss.plot([p.step for p in points], [p.value for p in points], label=tag.split("/")[1])
-    ax_loss.set_xlabel("step")
-    ax_loss.set_title("training loss")
+    fig, (ax_pre, ax_loss, ax_iou) = plt.subplots(1, 3, figsize=(16, 4))
+    pre = _scalars(pretrain_dir)
+    for tag, label in (("pretrain/vision/patch_acc", "vision phase: patch accuracy"),
+                       ("pretrain/segmentation/patch_acc", "segmentation phase: patch accuracy"),
+                       ("pretrain/segmentation/iou", "segmentation phase: mask IoU")):
+        if tag in pre:
+            ax_pre.plot(*_smooth(pre[tag]), label=label)
+    ax_pre.set_xlabel("step")
+    ax_pre.set_title("segmentation pretraining (mean of 50 steps)")
+    ax_pre.set_ylim(0, 1)
+    ax_pre.legend()
+
+    offset, colours = 0, {}
+    for run_dir in train_dirs:
+        scalars, last = _scalars(run_dir), 0
+        for tag in ("train/loss", "train/ce_loss", "train/bce_loss", "train/dice_loss"):
+            if tag in scalars:
+                name = tag.split("/")[1]
+                steps, values = _smooth(scalars[tag], 20)
+                line, = ax_loss.plot([offset + s for s in steps], values, color=colours.get(name), label=None if name in colours else name)
+                colours[name] = line.get_color()
+                last = max(last, steps[-1])
+        records = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else []
+        for name in sorted({r["set"] for r in records}):
+            mine = [r for r in records if r["set"] == name]
+            line, = ax_iou.plot([offset + r["global_step"] for r in mine], [r["giou"] for r in mine], marker="o",
+                                color=colours.get(name), label=None if name in colours else name)
+            colours[name] = line.get_color()
+            last = max(last, mine[-1]["global_step"])
+        if offset:
+            for ax in (ax_loss, ax_iou):
+                ax.axvline(offset, color="grey", linestyle=":", linewidth=1)
+        offset += last
+    ax_loss.set_xlabel("train_ds step (LLM stage, then LoRA stage after the dotted line)")
+    ax_loss.set_title("train_ds loss (mean of 20 steps)")
+    ax_loss.set_yscale("log")
     ax_loss.legend()
-    records = json.loads((train_dir / "metrics.json").read_text()) if (train_dir / "metrics.json").exists() else []
-    for name in sorted({r["set"] for r in records}):
-        mine = [r for r in records if r["set"] == name]
-        ax_iou.plot([r["epoch"] + 1 for r in mine], [r["giou"] for r in mine], marker="o", label=name)
-    ax_iou.set_xlabel("epoch")
+    ax_iou.set_xlabel("train_ds step")
     ax_iou.set_title("validation gIoU")
     ax_iou.set_ylim(0, 1)
     ax_iou.legend()
@@ -98,17 +140,22 @@ def main() -> None:
     parser.add_argument("--out", default="runs/demo", help="where everything is written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_scenes", type=int, default=4000)
-    parser.add_argument("--pretrain_steps", type=int, default=1500, help="segmentation pretraining steps (0: skip the stage)")
-    parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument("--vision_steps", type=int, default=3000, help="vision phase of segmentation pretraining")
+    parser.add_argument("--pretrain_steps", type=int, default=1500, help="segmentation phase of segmentation pretraining")
+    parser.add_argument("--llm_epochs", type=int, default=6, help="epochs of stage 4 (whole LLM, decoder frozen)")
+    parser.add_argument("--lora_epochs", type=int, default=1, help="epochs of stage 5 (LoRA, decoder trained; 0: skip)")
     parser.add_argument("--steps_per_epoch", type=int, default=400)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of stage 4")
+    parser.add_argument("--lora_lr", type=float, default=3e-4, help="peak learning rate of stage 5")
+    parser.add_argument("--sample_rates", default="3,5,2", help="refer_seg, multi_reason_seg, vqa")
     parser.add_argument("--val_limit", type=int, default=100, help="validation images per set")
     parser.add_argument("--examples", type=int, default=4, help="MUSE val questions answered with chat.py into <out>/examples")
     args = parser.parse_args()
 
     out = Path(args.out)
-    world, base, pretrained, merged = out / "data", out / "base_model", out / "pretrained_model", out / "hf_model"
+    world, base, pretrained = out / "data", out / "base_model", out / "pretrained_model"
+    llm_model, merged = out / "llm_model", out / "hf_model"
     py = sys.executable
     run("1/7 synthetic world", [py, "-m", "dataset.synthetic", "--out", str(world), "--seed", str(args.seed),
                                  "--preset", "demo", "--train", str(args.train_scenes)])
@@ -116,27 +163,38 @@ def main() -> None:
 
     common = ["--dataset_dir", str(world), "--log_base_dir", str(out), "--precision", "fp32", "--seed", str(args.seed),
               "--val_limit", str(args.val_limit)]
-    launcher = [py, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port())]
+    train = ["train_ds.py", "--dataset", "refer_seg||multi_reason_seg||vqa", "--sample_rates", args.sample_rates,
+             "--refer_seg_data", "refcoco", "--steps_per_epoch", str(args.steps_per_epoch), "--batch_size", str(args.batch_size),
+             "--grad_accumulation_steps", "1", "--warmup_steps", "50", "--torch_adam", "--workers", "0",
+             "--val_dataset", f"{REFER_VAL}||{MUSE_VAL}", *common]
+
+    def launcher() -> list[str]:
+        return [py, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port())]
+
     started = time.time()
-    start_from, decoder_flag = base, ["--train_vision_tower"]
-    if args.pretrain_steps:
-        run("3/7 segmentation pretraining", [py, "-m", "training.segmentation_pretraining", "--version", str(base),
-                                              "--dataset_dir", str(world), "--out", str(pretrained),
-                                              "--steps", str(args.pretrain_steps), "--seed", str(args.seed)])
-        # The pretrained vision tower and decoder stay as they are: trained further together with a
-        # still-random LLM, they forget how to read prompts (refer val gIoU 0.18 instead of 0.52).
-        start_from, decoder_flag = pretrained, ["--freeze_pixel_decoder"]
-    run("4/7 train (DeepSpeed ZeRO-2 + LoRA)", launcher + [
-        "train_ds.py", "--version", str(start_from), "--exp_name", "train",
-        "--dataset", "refer_seg||multi_reason_seg||vqa", "--sample_rates", "6,3,1", "--refer_seg_data", "refcoco",
-        "--epochs", str(args.epochs), "--steps_per_epoch", str(args.steps_per_epoch), "--batch_size", str(args.batch_size),
-        "--grad_accumulation_steps", "1", "--lr", str(args.lr), "--warmup_steps", "50", *decoder_flag,
-        "--torch_adam", "--workers", "0", "--val_dataset", f"{REFER_VAL}||{MUSE_VAL}", *common])
+    run("3/7 segmentation pretraining", [py, "-m", "training.segmentation_pretraining", "--version", str(base),
+                                          "--dataset_dir", str(world), "--out", str(pretrained), "--dataset", "sem_seg||refer_seg",
+                                          "--sample_rates", "1,3", "--vision_steps", str(args.vision_steps),
+                                          "--steps", str(args.pretrain_steps), "--seed", str(args.seed),
+                                          "--log_dir", str(out / "pretrain")])
+    # The pretrained vision tower and decoder stay as they are while the LLM is random: trained together
+    # with it, they forget how to read prompts (refer val gIoU 0.18 instead of 0.52).
+    llm_flags = ["--train_llm", "--lora_r", "0", "--freeze_pixel_decoder"]
+    run("4/7 train the LLM (DeepSpeed ZeRO-2)", launcher() + [*train, "--version", str(pretrained), "--exp_name", "train_llm",
+                                                              "--epochs", str(args.llm_epochs), "--lr", str(args.lr), *llm_flags])
+    run("4/7 merge", [py, "merge_lora_weights_and_save_hf_model.py", "--version", str(pretrained), "--weight",
+                      str(out / "train_llm" / "ckpt_model"), "--save_path", str(llm_model), "--precision", "fp32", *llm_flags])
+    train_dirs = [out / "train_llm"]
+    if args.lora_epochs:
+        run("5/7 train PixelLM (DeepSpeed ZeRO-2 + LoRA)", launcher() + [*train, "--version", str(llm_model), "--exp_name", "train_lora",
+                                                                         "--epochs", str(args.lora_epochs), "--lr", str(args.lora_lr)])
+        run("5/7 merge LoRA", [py, "merge_lora_weights_and_save_hf_model.py", "--version", str(llm_model), "--weight",
+                               str(out / "train_lora" / "ckpt_model"), "--save_path", str(merged), "--precision", "fp32"])
+        train_dirs.append(out / "train_lora")
+    else:
+        merged = llm_model
     train_seconds = time.time() - started
 
-    run("5/7 merge LoRA", [py, "merge_lora_weights_and_save_hf_model.py", "--version", str(start_from),
-                          "--weight", str(out / "train" / "ckpt_model"), "--save_path", str(merged), "--precision", "fp32",
-                          *decoder_flag])
     every_split = "||".join((REFER_VAL, MUSE_VAL, *MUSE_TESTS))
     run("6/7 evaluate", [py, "train_ds.py", "--eval_only", "--version", str(merged), "--exp_name", "eval", "--workers", "0",
                          "--val_dataset", every_split, *common])
@@ -148,7 +206,7 @@ def main() -> None:
         "train_seconds": round(train_seconds, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(out / "train", out / "learning_curves.png")
+    plot_curves(out / "pretrain", train_dirs, out / "learning_curves.png")
 
     examples = write_examples(py, merged, world, out / "examples", args.examples)
     print(f"\nmetrics: {json.dumps(metrics)}\nwritten: {out / 'metrics.json'}, {out / 'learning_curves.png'}, {examples}")

@@ -46,7 +46,8 @@ def test_pretraining_then_train_ds_beats_untrained_and_every_object(tmp_path, de
     world = synthetic_world(tmp_path, train=400, val=12)
     data, tiny = world["data"], world["tiny"]
     pretrained = tmp_path / "pretrained"
-    pretrain_segmentation(PretrainArgs(version=str(tiny), dataset_dir=str(data), out=str(pretrained), steps=600, device="cpu"))
+    pretrain_segmentation(PretrainArgs(version=str(tiny), dataset_dir=str(data), out=str(pretrained), dataset="sem_seg||refer_seg",
+                                       sample_rates="1,3", vision_steps=500, steps=600, device="cpu"))
     argv = [
         "--version", str(pretrained), "--dataset_dir", str(data), "--log_base_dir", str(tmp_path / "runs"), "--exp_name", "learn",
         "--dataset", "refer_seg||multi_reason_seg", "--sample_rates", "2,1", "--refer_seg_data", "refcoco",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoTokenizer
 
 from data_fixtures import synthetic_world
@@ -65,11 +66,16 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
     loss_before, _ = batch_losses(base, torch.nn.Linear(base.config.text_config.hidden_size, base.config.out_dim), batch, tokenizer)
 
     out = world["root"] / "pretrained"
+    log_dir = world["root"] / "pretrain_log"
     args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(out), vision_steps=10, steps=25,
-                        batch_size=4, warmup_steps=5, device="cpu")
+                        batch_size=4, warmup_steps=5, device="cpu", log_dir=str(log_dir))
     result = pretrain_segmentation(args)
     assert result["steps"] == 35 and result["out"] == str(out)
     assert 0.0 <= result["vision_patch_accuracy"] <= 1.0
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("pretrain/vision/patch_acc")] == list(range(10))
+    assert [e.step for e in events.Scalars("pretrain/segmentation/iou")] == list(range(10, 35))
     assert not out.with_name(out.name + ".partial").exists()
 
     trained = PixelLMForCausalLM.from_pretrained(out)

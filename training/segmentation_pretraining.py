@@ -52,6 +52,7 @@ from model.losses import bce_per_mask, dice_per_mask
 
 from .args import build_parser, flag
 from .model_setup import DTYPES, load_base_model, save_model_folder
+from .run_log import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class PretrainArgs:
     warmup_steps: int = flag(50, "linear warmup steps")
     seed: int = flag(0, "seed of the sample order and of the run")
     workers: int = flag(0, "DataLoader workers")
+    log_dir: str = flag("", "TensorBoard folder for each step's loss, IoU and patch accuracy (tags pretrain/<phase>/<metric>; empty: none)")
     precision: str = flag("fp32", "dtype of the model during the stage", choices=sorted(DTYPES))
     device: str = flag("cuda" if torch.cuda.is_available() else "cpu", "cpu, cuda, cuda:1, ...")
     vision_tower: str | None = None
@@ -195,8 +197,9 @@ def patch_class_loss(model: PixelLMForCausalLM, key_head: nn.Linear, features: I
 
 
 def run_phase(name: str, loader: DataLoader, steps: int, params: list[nn.Parameter], args: PretrainArgs,
-              step_loss: Callable[[dict], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
-    """``steps`` AdamW steps (linear warmup, cosine decay) on ``step_loss(batch)``; returns each metric's mean over the last 50 steps."""
+              step_loss: Callable[[dict], tuple[torch.Tensor, dict[str, float]]], log: RunLog, first_step: int) -> dict[str, float]:
+    """``steps`` AdamW steps (linear warmup, cosine decay) on ``step_loss(batch)``, logged as steps ``first_step``...;
+    returns each metric's mean over the last 50 steps."""
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     history: dict[str, list[float]] = {}
@@ -210,9 +213,10 @@ def run_phase(name: str, loader: DataLoader, steps: int, params: list[nn.Paramet
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        for key, value in {"loss": float(loss), **metrics}.items():
-            if math.isfinite(value):
-                history.setdefault(key, []).append(value)
+        finite = {key: value for key, value in {"loss": float(loss), **metrics}.items() if math.isfinite(value)}
+        for key, value in finite.items():
+            history.setdefault(key, []).append(value)
+        log.scalars({f"pretrain/{name.split()[0]}/{key}": value for key, value in finite.items()}, first_step + step)
         progress.set_postfix({key: f"{np.mean(values[-50:]):.3f}" for key, values in history.items()})
     progress.close()
     return {key: float(np.mean(values[-50:])) for key, values in history.items()}
@@ -258,19 +262,22 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     logger.info("segmentation pretraining of %s on %s: %d vision steps (%s), %d segmentation steps (%s, rates %s) of %d images, "
                 "lr %g, %s on %s", args.version, args.dataset_dir, args.vision_steps, args.sem_seg_data, args.steps, args.dataset,
                 args.sample_rates, args.batch_size, args.lr, args.precision, device)
+    log = RunLog(args.log_dir, active=bool(args.log_dir))
     model.train()
     started, vision = time.time(), {}
     if args.vision_steps:
         params = [p for name in VISION_TRAINED for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
         for p in params:
             p.requires_grad_(True)
-        vision = run_phase("vision pretraining", loader("sem_seg", "1", args.vision_steps), args.vision_steps, params, args, vision_loss)
+        vision = run_phase("vision pretraining", loader("sem_seg", "1", args.vision_steps), args.vision_steps, params, args, vision_loss,
+                           log, 0)
         model.requires_grad_(False)
     params = [p for name in TRAINED for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
     for p in params:
         p.requires_grad_(True)
     segmentation = run_phase("segmentation pretraining", loader(args.dataset, args.sample_rates, args.steps), args.steps, params, args,
-                             segmentation_loss)
+                             segmentation_loss, log, args.vision_steps)
+    log.close()
     model.requires_grad_(False)
     out = save_model_folder(model, tokenizer, processor, args.out)
     result = {"steps": args.vision_steps + args.steps, "seconds": round(time.time() - started, 1), "train_iou": segmentation["iou"],
