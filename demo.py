@@ -79,7 +79,7 @@ def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
                        ("pretrain/segmentation/patch_acc", "segmentation phase: patch accuracy"),
                        ("pretrain/segmentation/iou", "segmentation phase: mask IoU")):
         if tag in pre:
-            ax_pre.plot(*_smooth(pre[tag]), label=label)
+            ax_pre.plot(*_smooth(pre[tag], 5), label=label)
     ax_pre.set_xlabel("step")
     ax_pre.set_title("segmentation pretraining (mean of 50 steps)")
     ax_pre.set_ylim(0, 1)

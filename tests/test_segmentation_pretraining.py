@@ -74,8 +74,8 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
     assert 0.0 <= result["vision_patch_accuracy"] <= 1.0
     events = EventAccumulator(str(log_dir))
     events.Reload()
-    assert [e.step for e in events.Scalars("pretrain/vision/patch_acc")] == list(range(10))
-    assert [e.step for e in events.Scalars("pretrain/segmentation/iou")] == list(range(10, 35))
+    assert [e.step for e in events.Scalars("pretrain/vision/patch_acc")] == [9]
+    assert [e.step for e in events.Scalars("pretrain/segmentation/iou")] == [19, 29]
     assert not out.with_name(out.name + ".partial").exists()
 
     trained = PixelLMForCausalLM.from_pretrained(out)

@@ -94,6 +94,7 @@ class PretrainArgs:
 
 LABEL_MAP_SOURCES = ("ade20k", "cocostuff", "mapillary")
 PATCH_LOGIT_SCALE = 10.0
+LOG_EVERY = 10  # steps per TensorBoard point (a flush per step costs as much as a vision step)
 
 
 def patch_labels(sample: Sample, names: list[str], grid: int, image_size: int) -> torch.Tensor:
@@ -198,8 +199,8 @@ def patch_class_loss(model: PixelLMForCausalLM, key_head: nn.Linear, features: I
 
 def run_phase(name: str, loader: DataLoader, steps: int, params: list[nn.Parameter], args: PretrainArgs,
               step_loss: Callable[[dict], tuple[torch.Tensor, dict[str, float]]], log: RunLog, first_step: int) -> dict[str, float]:
-    """``steps`` AdamW steps (linear warmup, cosine decay) on ``step_loss(batch)``, logged as steps ``first_step``...;
-    returns each metric's mean over the last 50 steps."""
+    """``steps`` AdamW steps (linear warmup, cosine decay) on ``step_loss(batch)``, logged every LOG_EVERY steps
+    (means, at step ``first_step + step``); returns each metric's mean over the last 50 steps."""
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     history: dict[str, list[float]] = {}
@@ -216,7 +217,9 @@ def run_phase(name: str, loader: DataLoader, steps: int, params: list[nn.Paramet
         finite = {key: value for key, value in {"loss": float(loss), **metrics}.items() if math.isfinite(value)}
         for key, value in finite.items():
             history.setdefault(key, []).append(value)
-        log.scalars({f"pretrain/{name.split()[0]}/{key}": value for key, value in finite.items()}, first_step + step)
+        if (step + 1) % LOG_EVERY == 0:
+            phase = name.split()[0]
+            log.scalars({f"pretrain/{phase}/{key}": float(np.mean(values[-LOG_EVERY:])) for key, values in history.items()}, first_step + step)
         progress.set_postfix({key: f"{np.mean(values[-50:]):.3f}" for key, values in history.items()})
     progress.close()
     return {key: float(np.mean(values[-50:])) for key, values in history.items()}
