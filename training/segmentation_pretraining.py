@@ -236,8 +236,8 @@ def write_log(log_dir: str, phases: list[tuple[str, dict[str, list[float]]]]) ->
 def pretrain_segmentation(args: PretrainArgs) -> dict:
     """Run the stage; returns {"steps", "seconds", "train_iou", "vision_patch_accuracy" (means over the last 50 steps), "out"}.
 
-    With ``--log_dir`` the per-step metrics are written to TensorBoard once the phases are done (a
-    SummaryWriter open during the vision phase slowed it from 13 to 9 steps/s on 2 CPU cores).
+    With ``--log_dir`` the per-step metrics are written to TensorBoard once the phases are done (with a
+    SummaryWriter open, the vision phase ran at about 9 instead of 12-13 steps/s on 2 CPU cores).
     """
     torch.manual_seed(args.seed)
     device, dtype = torch.device(args.device), DTYPES[args.precision]
