@@ -66,24 +66,32 @@ def _smooth(points: list[tuple[int, float]], window: int = 50) -> tuple[list[int
     return list(steps), smoothed
 
 
+def _plot_pretraining(ax, pre: dict[str, list[tuple[int, float]]]) -> None:
+    """Patch accuracy and mask IoU of both pretraining phases on ``ax``."""
+    for tag, label in (("pretrain/vision/patch_acc", "vision phase: patch accuracy"),
+                       ("pretrain/segmentation/patch_acc", "segmentation phase: patch accuracy"),
+                       ("pretrain/segmentation/iou", "segmentation phase: mask IoU")):
+        if tag in pre:
+            ax.plot(*_smooth(pre[tag], 5), label=label)
+    ax.set_xlabel("step")
+    ax.set_title("segmentation pretraining (mean of 50 steps)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+
+
 def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
-    """One PNG: segmentation pretraining (per step), train_ds losses (per step) and validation gIoU of consecutive train_ds runs."""
+    """One PNG: segmentation pretraining (when ``pretrain_dir`` holds its log), train_ds losses (per step) and validation gIoU of consecutive train_ds runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_pre, ax_loss, ax_iou) = plt.subplots(1, 3, figsize=(16, 4))
-    pre = _scalars(pretrain_dir)
-    for tag, label in (("pretrain/vision/patch_acc", "vision phase: patch accuracy"),
-                       ("pretrain/segmentation/patch_acc", "segmentation phase: patch accuracy"),
-                       ("pretrain/segmentation/iou", "segmentation phase: mask IoU")):
-        if tag in pre:
-            ax_pre.plot(*_smooth(pre[tag], 5), label=label)
-    ax_pre.set_xlabel("step")
-    ax_pre.set_title("segmentation pretraining (mean of 50 steps)")
-    ax_pre.set_ylim(0, 1)
-    ax_pre.legend()
+    pre = _scalars(pretrain_dir) if pretrain_dir.is_dir() else {}
+    if pre:
+        fig, (ax_pre, ax_loss, ax_iou) = plt.subplots(1, 3, figsize=(16, 4))
+        _plot_pretraining(ax_pre, pre)
+    else:
+        fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
 
     offset, colours = 0, {}
     for run_dir in train_dirs:
