@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from training.distributed import free_port
 
 REFER_VAL = "refcoco|unc|val"
@@ -59,11 +61,13 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def _smooth(points: list[tuple[int, float]], window: int = 50) -> tuple[list[int], list[float]]:
+def _smooth(points: list[tuple[int, float]], window: int) -> tuple[list[int], list[float]]:
+    """(steps, trailing mean of the last ``window`` values at each point)."""
     steps, values = zip(*points)
-    kernel = min(window, len(values))
-    smoothed = [sum(values[max(0, i - kernel + 1) : i + 1]) / len(values[max(0, i - kernel + 1) : i + 1]) for i in range(len(values))]
-    return list(steps), smoothed
+    sums = np.cumsum([0.0, *values])
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return list(steps), list((sums[ends] - sums[starts]) / (ends - starts))
 
 
 def _plot_pretraining(ax, pre: dict[str, list[tuple[int, float]]]) -> None:

@@ -97,11 +97,11 @@ PATCH_LOGIT_SCALE = 10.0
 LOG_EVERY = 10  # steps per TensorBoard point
 
 
-def patch_labels(sample: Sample, names: list[str], grid: int, image_size: int) -> torch.Tensor:
-    """[grid, grid] long: the index in ``names`` of the class under each patch centre, IGNORE_INDEX elsewhere.
+def patch_labels(sample: Sample, sample_names: list[str], class_names: list[str], grid: int, image_size: int) -> torch.Tensor:
+    """[grid, grid] long: the index in ``class_names`` of the class under each patch centre, IGNORE_INDEX elsewhere.
 
-    Only label-map samples (one class per pixel) are labelled; a patch over padding, over an unsampled
-    class or over no class is ignored.
+    ``sample_names`` names the sample's masks in order. Only label-map samples (one class per pixel) are
+    labelled; a patch over padding, over an unsampled class or over no class is ignored.
     """
     labels = torch.full((grid, grid), IGNORE_INDEX, dtype=torch.long)
     if sample.source not in LABEL_MAP_SOURCES:
@@ -111,10 +111,9 @@ def patch_labels(sample: Sample, names: list[str], grid: int, image_size: int) -
     centres = (np.arange(grid) + 0.5) * image_size / grid
     rows = (centres[centres < resized_h] * height / resized_h).astype(int)
     cols = (centres[centres < resized_w] * width / resized_w).astype(int)
-    flat = [name for question in sample.targets for name in question]
-    for mask, name in zip(sample.masks, flat):
-        hit = torch.from_numpy(mask[np.ix_(rows, cols)] == 1)
-        labels[: len(rows), : len(cols)][hit] = names.index(name)
+    inside = labels[: len(rows), : len(cols)]
+    for mask, name in zip(sample.masks, sample_names):
+        inside[torch.from_numpy(mask[np.ix_(rows, cols)] == 1)] = class_names.index(name)
     return labels
 
 
@@ -125,15 +124,15 @@ def collate_samples(samples: list[Sample], grid: int, image_size: int) -> dict:
     image_index [N] long (the image of each mask), class_names (U distinct names of label-map samples),
     patch_labels [B, grid, grid] long (index into class_names, IGNORE_INDEX where unlabelled).
     """
+    per_sample = [[name for question in sample.targets for name in question] for sample in samples]
     masks, names, image_index = [], [], []
-    for b, sample in enumerate(samples):
-        flat_names = [name for question in sample.targets for name in question]
-        if len(flat_names) != sample.masks.shape[0]:
-            raise ValueError(f"{sample.image_path}: {len(flat_names)} class names for {sample.masks.shape[0]} masks")
+    for b, (sample, sample_names) in enumerate(zip(samples, per_sample)):
+        if len(sample_names) != sample.masks.shape[0]:
+            raise ValueError(f"{sample.image_path}: {len(sample_names)} class names for {sample.masks.shape[0]} masks")
         masks += [torch.from_numpy(m) for m in sample.masks]
-        names += flat_names
-        image_index += [b] * len(flat_names)
-    class_names = sorted({name for s in samples if s.source in LABEL_MAP_SOURCES for question in s.targets for name in question})
+        names += sample_names
+        image_index += [b] * len(sample_names)
+    class_names = sorted({name for s, sample_names in zip(samples, per_sample) if s.source in LABEL_MAP_SOURCES for name in sample_names})
     return {
         "pixel_values": torch.stack([s.processed.pixel_values for s in samples]),
         "clip_resize": torch.tensor([s.processed.clip_resize for s in samples], dtype=torch.long),
@@ -141,7 +140,7 @@ def collate_samples(samples: list[Sample], grid: int, image_size: int) -> dict:
         "names": names,
         "image_index": torch.tensor(image_index, dtype=torch.long),
         "class_names": class_names,
-        "patch_labels": torch.stack([patch_labels(s, class_names, grid, image_size) for s in samples]),
+        "patch_labels": torch.stack([patch_labels(s, n, class_names, grid, image_size) for s, n in zip(samples, per_sample)]),
     }
 
 
@@ -182,17 +181,17 @@ def patch_class_loss(model: PixelLMForCausalLM, key_head: nn.Linear, features: I
     """(cross-entropy of each labelled patch over the batch's class names, its accuracy).
 
     The first decoder level's feature of a patch [D] is scored against ``key_head`` of each class name's
-    state [H -> D] by cosine similarity times PATCH_LOGIT_SCALE. The mask loss alone hardly asks the vision tower for shape: most targets differ from
-    the image's other objects by colour already. Here "red circle" competes with "red star" from the
+    state [H -> D] by cosine similarity times PATCH_LOGIT_SCALE. The mask loss alone hardly asks the
+    vision tower for shape: most targets differ from the image's other objects by colour already. Here "red circle" competes with "red star" from the
     other images of the batch, so the features must carry shape too. Zero when no patch is labelled.
     """
     labels = batch["patch_labels"].to(features.decoder_features.device).flatten()
-    if not batch["class_names"] or not (labels != IGNORE_INDEX).any():
+    labelled = labels != IGNORE_INDEX
+    if not labelled.any():
         return features.decoder_features.sum() * 0.0, float("nan")
     keys = F.normalize(key_head(name_states(model, tokenizer, batch["class_names"])[:, 0]), dim=-1)
     patches = F.normalize(features.decoder_features[:, 0].flatten(2).transpose(1, 2).reshape(-1, keys.shape[-1]), dim=-1)
     logits = PATCH_LOGIT_SCALE * patches @ keys.T
-    labelled = labels != IGNORE_INDEX
     accuracy = float((logits[labelled].argmax(-1) == labels[labelled]).float().mean())
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), accuracy
 
@@ -236,14 +235,12 @@ def write_log(log_dir: str, phases: list[tuple[str, dict[str, list[float]]]]) ->
 def pretrain_segmentation(args: PretrainArgs) -> dict:
     """Run the stage; returns {"steps", "seconds", "train_iou", "vision_patch_accuracy" (means over the last 50 steps), "out"}.
 
-    With ``--log_dir`` the per-step metrics are written to TensorBoard once the phases are done (with a
-    SummaryWriter open, the vision phase ran at about 9 instead of 12-13 steps/s on 2 CPU cores).
+    With ``--log_dir`` the per-step metrics are written to TensorBoard once the phases are done.
     """
     torch.manual_seed(args.seed)
     device, dtype = torch.device(args.device), DTYPES[args.precision]
     model, tokenizer, processor = load_base_model(args)
     model.to(device)
-    model.requires_grad_(False)
     embeddings = model.get_input_embeddings().weight
     # Scores patch features against class names during this stage only; it is not part of the saved model.
     key_head = nn.Linear(model.config.text_config.hidden_size, model.config.out_dim, bias=False).to(device, dtype)
@@ -279,17 +276,19 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
                 args.sample_rates, args.batch_size, args.lr, args.precision, device)
     model.train()
     started, vision = time.time(), {}
-    if args.vision_steps:
-        params = [p for name in VISION_TRAINED for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
+    def trainable(modules: tuple[str, ...]) -> list[nn.Parameter]:
+        """Only ``modules``, the input embeddings and the key head require gradients; returns them."""
+        model.requires_grad_(False)
+        params = [p for name in modules for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
         for p in params:
             p.requires_grad_(True)
-        vision = run_phase("vision pretraining", loader("sem_seg", "1", args.vision_steps), args.vision_steps, params, args, vision_loss)
-        model.requires_grad_(False)
-    params = [p for name in TRAINED for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    segmentation = run_phase("segmentation pretraining", loader(args.dataset, args.sample_rates, args.steps), args.steps, params, args,
-                             segmentation_loss)
+        return params
+
+    if args.vision_steps:
+        vision = run_phase("vision pretraining", loader("sem_seg", "1", args.vision_steps), args.vision_steps,
+                           trainable(VISION_TRAINED), args, vision_loss)
+    segmentation = run_phase("segmentation pretraining", loader(args.dataset, args.sample_rates, args.steps), args.steps,
+                             trainable(TRAINED), args, segmentation_loss)
     if args.log_dir:
         write_log(args.log_dir, [("vision", vision), ("segmentation", segmentation)])
     model.requires_grad_(False)
