@@ -205,14 +205,14 @@ def run_phase(name: str, loader: DataLoader, steps: int, params: list[nn.Paramet
     progress = tqdm(loader, total=steps, desc=name, unit="step", dynamic_ncols=True)
     for step, batch in enumerate(progress):
         loss, metrics = step_loss(batch)
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(loss.item()):
             raise FloatingPointError(f"{name}: non-finite loss at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        finite = {key: value for key, value in {"loss": float(loss), **metrics}.items() if math.isfinite(value)}
+        finite = {key: value for key, value in {"loss": loss.item(), **metrics}.items() if math.isfinite(value)}
         for key, value in finite.items():
             history.setdefault(key, []).append(value)
         progress.set_postfix({key: f"{np.mean(values[-50:]):.3f}" for key, values in history.items()})
