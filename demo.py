@@ -17,7 +17,8 @@ where there is one:
                                      at a lower learning rate; merged into `runs/demo/hf_model`;
 6. `train_ds.py --eval_only`      evaluates refer val (teacher-forced) and MUSE val, test_less and test_many
                                      (free generation);
-7. `chat.py`                      answers a few validation questions and saves masks and overlays.
+7. `chat.py`                      answers a few validation questions and saves masks and overlays;
+                                     `examples/overview.png` sets them next to the ground truth.
 
 Results: `runs/demo/metrics.json`, `runs/demo/learning_curves.png`, `runs/demo/examples/`.
 """
@@ -34,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset.image_io import read_rgb
+from dataset.multi_reason_seg import load_muse, muse_image_path, question_masks, target_name
+from serving.overlay import draw_overlay
 from training.distributed import free_port
 
 REFER_VAL = "refcoco|unc|val"
@@ -133,20 +137,55 @@ def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
 
 
 def write_examples(py: str, model: Path, world: Path, out: Path, count: int) -> Path:
-    """Answer the first question with targets of the first ``count`` MUSE val images with chat.py, one folder each."""
-    items = json.loads((world / "muse" / "muse_val.json").read_text())
-    image_dir = world / "refer_seg" / "images" / "mscoco" / "images" / "train2014"
-    asked = 0
-    for item in items:
-        question = next((q for q, answer in zip(item["questions"], item["answers"]) if answer), None)
-        if question is None:
+    """Answer the first question with targets of the first ``count`` MUSE val images with chat.py, one folder each.
+
+    Then ``out/overview.png`` sets each question's expected targets next to the model's answer.
+    """
+    examples = []
+    for item in load_muse(str(world), "val"):
+        q = next((q for q, answer in enumerate(item["answers"]) if answer), None)
+        if q is None:
             continue
-        run(f"7/7 chat, example {asked + 1}/{count}", [py, "chat.py", "--version", str(model), "--image", str(image_dir / item["file_name"]),
-                                                      "--query", question, "--out_dir", str(out / f"{asked:02d}")])
-        asked += 1
-        if asked == count:
+        folder = out / f"{len(examples):02d}"
+        run(f"7/7 chat, example {len(examples) + 1}/{count}", [py, "chat.py", "--version", str(model), "--image",
+                                                             muse_image_path(str(world), item), "--query", item["questions"][q],
+                                                             "--out_dir", str(folder)])
+        examples.append((item, q, folder))
+        if len(examples) == count:
             break
+    write_overview(world, examples, out / "overview.png")
     return out
+
+
+def write_overview(world: Path, examples: list[tuple[dict, int, Path]], out: Path) -> None:
+    """One PNG, a row per example: the image with question ``q``'s ground-truth targets, then chat.py's overlay.
+
+    examples: (MUSE item, question index, the folder chat.py wrote that question's answer into).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(examples), 2, figsize=(9, 3.6 * len(examples)), squeeze=False)
+    for (item, q, folder), (ax_truth, ax_answer) in zip(examples, axes):
+        image_path = Path(muse_image_path(str(world), item))
+        image = read_rgb(str(image_path))
+        anns = item["answers"][q]
+        truth = draw_overlay(image, question_masks(anns, image.shape[0], image.shape[1]), [target_name(a, None) for a in anns])
+        answer_json = folder / f"{image_path.stem}.json"
+        if not answer_json.is_file():
+            raise FileNotFoundError(f"{answer_json} is missing: chat.py --image {image_path} --out_dir {folder} writes it")
+        answer = json.loads(answer_json.read_text())
+        ax_truth.imshow(truth)
+        ax_truth.set_title(f"Q: {answer['question']}\nexpected: {len(anns)} target(s)", fontsize=9, loc="left")
+        ax_answer.imshow(read_rgb(str(folder / f"{image_path.stem}_overlay.png")))
+        ax_answer.set_title(f"A: {answer['answer']}\nanswered: {len(answer['targets'])} mask(s)", fontsize=9, loc="left", wrap=True)
+        for ax in (ax_truth, ax_answer):
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -166,7 +205,7 @@ def main() -> None:
     parser.add_argument("--lora_lr", type=float, default=3e-4, help="peak learning rate of stage 5")
     parser.add_argument("--sample_rates", default="3,5,2", help="refer_seg, multi_reason_seg, vqa")
     parser.add_argument("--val_limit", type=int, default=100, help="validation images per set")
-    parser.add_argument("--examples", type=int, default=4, help="MUSE val questions answered with chat.py into <out>/examples")
+    parser.add_argument("--examples", type=int, default=6, help="MUSE val questions answered with chat.py into <out>/examples")
     args = parser.parse_args()
 
     out = Path(args.out)
