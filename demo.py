@@ -89,13 +89,19 @@ def _plot_pretraining(ax, pre: dict[str, list[tuple[int, float]]]) -> None:
     ax.legend()
 
 
-def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
-    """One PNG: segmentation pretraining (when ``pretrain_dir`` holds its log), train_ds losses (per step) and validation gIoU of consecutive train_ds runs."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported late: only the demo's last stages draw)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
+    """One PNG: segmentation pretraining (when ``pretrain_dir`` holds its log), train_ds losses (per step) and validation gIoU of consecutive train_ds runs."""
+    plt = _pyplot()
     pre = _scalars(pretrain_dir) if pretrain_dir.is_dir() else {}
     if pre:
         fig, (ax_pre, ax_loss, ax_iou) = plt.subplots(1, 3, figsize=(16, 4))
@@ -136,6 +142,11 @@ def plot_curves(pretrain_dir: Path, train_dirs: list[Path], out: Path) -> None:
     fig.savefig(out, dpi=100)
 
 
+def first_question_with_targets(item: dict) -> int | None:
+    """Index of the first question of a MUSE item whose answer names at least one target, or None."""
+    return next((q for q, answer in enumerate(item["answers"]) if answer), None)
+
+
 def write_examples(py: str, model: Path, world: Path, out: Path, count: int) -> Path:
     """Answer the first question with targets of the first ``count`` MUSE val images with chat.py, one folder each.
 
@@ -143,7 +154,7 @@ def write_examples(py: str, model: Path, world: Path, out: Path, count: int) -> 
     """
     examples = []
     for item in load_muse(str(world), "val"):
-        q = next((q for q, answer in enumerate(item["answers"]) if answer), None)
+        q = first_question_with_targets(item)
         if q is None:
             continue
         folder = out / f"{len(examples):02d}"
@@ -162,11 +173,7 @@ def write_overview(world: Path, examples: list[tuple[dict, int, Path]], out: Pat
 
     examples: (MUSE item, question index, the folder chat.py wrote that question's answer into).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(len(examples), 2, figsize=(9, 3.6 * len(examples)), squeeze=False)
     for (item, q, folder), (ax_truth, ax_answer) in zip(examples, axes):
         image_path = Path(muse_image_path(str(world), item))

@@ -11,7 +11,7 @@ import pytest
 from data_fixtures import REPO
 from dataset.image_io import read_rgb
 from dataset.multi_reason_seg import load_muse, muse_image_path, question_masks, target_name
-from demo import write_overview
+from demo import first_question_with_targets, write_overview
 from serving.export import ExportTarget, save_answer
 
 
@@ -27,7 +27,7 @@ def answered(world: Path, out: Path, count: int) -> list[tuple[dict, int, Path]]
     """Save the ground truth of the first question with targets of ``count`` val images as chat.py would save an answer."""
     examples = []
     for i, item in enumerate(load_muse(str(world), "val")[:count]):
-        q = next(q for q, answer in enumerate(item["answers"]) if answer)
+        q = first_question_with_targets(item)
         image_path = Path(muse_image_path(str(world), item))
         image = read_rgb(str(image_path))
         anns = item["answers"][q]
@@ -50,7 +50,7 @@ def test_one_row_per_example(world: Path, tmp_path: Path) -> None:
     assert heights[1] == 3 * heights[0]
 
 
-def test_missing_answer_names_the_folder(world: Path, tmp_path: Path) -> None:
+def test_missing_answer_names_the_file(world: Path, tmp_path: Path) -> None:
     (item, q, folder), = answered(world, tmp_path / "examples", 1)
     for path in folder.glob("*.json"):
         path.unlink()
