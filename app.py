@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_pixels", type=int, default=25_000_000, help="largest accepted width*height (decompression-bomb guard)")
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--examples_dir", help="folder of example images (default: synthetic examples drawn at start)")
+    parser.add_argument(
+        "--alpha", choices=["white", "drop"],
+        help="images with an alpha channel: composite onto white, or drop the alpha as the original PixelLM did "
+        "(default: the folder's preprocessor_config.json; converted releases say drop)",
+    )
     parser.add_argument("--output_dir", default=str(Path(tempfile.gettempdir()) / "pixellm_app"), help="where answers' files are written")
     return parser
 
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         args.version,
         device=args.device,
         precision=precision,
-        image_load_config=ImageLoadConfig(max_pixels=args.max_pixels, max_bytes=int(args.max_upload_mb * 2**20)),
+        image_load_config=ImageLoadConfig(max_pixels=args.max_pixels, max_bytes=int(args.max_upload_mb * 2**20), alpha=args.alpha),
     )
     output_dir = Path(args.output_dir)
     examples = examples_from_dir(args.examples_dir) if args.examples_dir else make_example_images(output_dir / "examples")
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         max_pixels=args.max_pixels,
         output_dir=output_dir,
         examples=examples,
+        alpha=predictor.image_load_config.alpha,
     )
     build_app(predictor, config).launch(**launch_kwargs(config, args.host, args.port))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from model.configuration_pixellm import PixelLMConfig
-from serving.image_io import ImageLoadError
+from serving.image_io import ImageLoadConfig, ImageLoadError
 from serving.predictor import PixelLMPredictor, QuestionError
 from serving.terminal_chat import TerminalChatConfig, answer_once, interactive, supports_color
 
@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--model_max_length", type=int, help="cap the context (prompt + answer) below the model's own limit")
     parser.add_argument("--image_size", type=int, help="must equal the folder's preprocessor image_size (the CLIP input)")
+    parser.add_argument(
+        "--alpha", choices=["white", "drop"],
+        help="images with an alpha channel: composite onto white, or drop the alpha as the original PixelLM did "
+        "(default: the folder's preprocessor_config.json; converted releases say drop)",
+    )
     parser.add_argument("--conv_type", default="llava_v1", help="chat template; only llava_v1 exists")
     parser.add_argument("--load_in_8bit", action="store_true", help="8-bit LLM via bitsandbytes (CUDA only)")
     parser.add_argument("--load_in_4bit", action="store_true", help="4-bit LLM via bitsandbytes (CUDA only)")
@@ -76,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
     predictor = PixelLMPredictor.from_pretrained(
-        args.version, device=args.device, precision=precision, quantization=quantization, model_max_length=args.model_max_length
+        args.version,
+        device=args.device,
+        precision=precision,
+        quantization=quantization,
+        image_load_config=ImageLoadConfig(alpha=args.alpha),
+        model_max_length=args.model_max_length,
     )
     config = TerminalChatConfig(out_dir=Path(args.out_dir), max_new_tokens=args.max_new_tokens, color=supports_color(sys.stdout))
     if args.query is not None:

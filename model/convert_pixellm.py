@@ -9,17 +9,21 @@ original's merge script drops every ``vision_tower`` key): ``--clip`` is a Huggi
 CLIPModel folder at 336 px (openai/clip-vit-large-patch14-336).
 
 Output (``--out``): safetensors weights + ``config.json`` (PixelLMConfig) that
-``PixelLMForCausalLM.from_pretrained`` loads, the tokenizer (``AutoTokenizer``) and ``preprocessor_config.json``.
+``PixelLMForCausalLM.from_pretrained`` loads, the tokenizer and ``preprocessor_config.json``. ``--dtype auto``
+stores EVERY part in the dtype of the source's LLM weights (bfloat16 for the released weights), the
+float32 CLIP included: that rounds CLIP to bf16 (mask logits move by about 1e-2, a few hundred mask pixels
+flip). ``--dtype float32`` keeps everything in float32 and reproduces the original's float32 numbers.
 
 Compat switches written to the config / processor, so that our model computes what the original computed:
 
-* ``compat_clip_pos_embed_shift=True``: CLIP's 24x24 position grid is resized to 32x32 with the original's
-  one-row shift (it took the last row as CLS); done here by ``resize_position_embeddings(compat_shift=True)``
-  and recorded in the config.
+* ``compat_clip_pos_embed_shift=True``: CLIP's position grid is resized to 448 px as the original did:
+  P[0 : g*g] (CLS row included) is resized as the grid and the last patch row is appended at the end
+  (``model.vision_tower.resize_position_embeddings(compat_shift=True)``).
 * ``compat_fixed_fusion=True``: seg-token fusion fixed at 1/K per token (K = 6: half the mean of a level's
   3 states) and 1/2 per decoder level, the constants the original used (never trained, never saved).
 * ``preprocessor_config.json``: PixelLMImageProcessor with the SAM/ImageNet statistics (SAM_MEAN/SAM_STD),
-  which the original applied to its padded 448 px CLIP input.
+  which the original applied to its padded 448 px CLIP input, and ``alpha="drop"``: the original read
+  images with ``cv2.imread``, which drops an alpha channel.
 
 Unchanged by design (already the same in both): the predicting-state gathering (the state *before* each seg
 token), the level split {0,1,2}/{3,4,5}, the 16x16 bilinear pooling of the LLM image tokens, CLIP layers
@@ -38,33 +42,16 @@ unfilled, is an error.
 
 Vocabulary: the original's is base + [SEG0..5] + <im_start> + <im_end>; those ids are kept. Our ``<image>``
 placeholder is appended (id = old vocabulary size); its embedding and lm_head rows are the mean of the
-existing rows (it is never predicted, only replaced by image features).
+existing rows. It is only ever replaced by image features, and generation never emits it.
 
-Tokenizer: the original added the seg tokens as *non-special* tokens. They are re-registered in place (same
-ids) with our convention (``model.tokens``: lstrip, special), so "is [SEG0] [SEG1]" tokenises to
-``is, [SEG0], [SEG1]`` as in the original, and ``resolve_token_ids`` finds them.
+Tokenizer: read as the original's slow LLaMA tokenizer read it (``model.tokenization.load_tokenizer``: a fresh
+"▁" before every piece of text between added tokens), and its seg and image-bracket tokens re-registered in
+place (same ids) with the original's whitespace stripping on both sides (``model.tokens``). Prompts built by
+``model.conversation.tokenize_conversation`` then have exactly the original's ids, and the saved folder
+reloads with the same behaviour.
 
-What cannot be reproduced bit-exactly (and what is done about it):
-
-1. Whitespace around added tokens. The original's slow LLaMA tokenizer (transformers 4.31) strips the
-   whitespace on *both* sides of every added token and gives the text after it a fresh "▁" prefix.
-   Seg tokens: ours strip the whitespace before them, so "is [SEG0] ... [SEG5]" gives the same ids as the
-   original (``is``, then six contiguous seg ids: the predicting states agree); after ``[SEG5]`` a fast
-   tokenizer converted with ``legacy=False`` gives "," where the original gave "▁," (teacher-forced text
-   only; in generation the model emits its own tokens). Prompts: ``model.conversation.tokenize_conversation``
-   tokenises the pieces separately; measured with a LLaMA (Metaspace, byte-fallback) tokenizer, a prompt
-   ``<image>\nQ`` differs from the original's in three places: ours has an extra "▁" before
-   ``<im_start>`` (from " USER: "), keeps the newline after ``<im_end>`` as "▁", "<0x0A>", and starts Q
-   without "▁"; the original has ``USER, :, <im_start> ... <im_end>, ▁Q``. The converter cannot change how
-   prompts are split into pieces (that is the chat template's job); the released weights see these three
-   tokens as slightly unusual input.
-2. Numerics: the original ran bf16 CLIP with a key-padding mask inside HF's attention and computed the
-   fusion with float32 scalars; ours computes the same formulas with SDPA and the config's dtype, so logits
-   agree to bf16 rounding, not bit for bit.
-3. No KV cache in the original: every step re-ran CLIP and the whole sequence. Ours caches; greedy argmax
-   can flip where two logits tie within rounding.
-4. Reading ``tokenizer.model`` needs the ``sentencepiece`` package (transformers converts it to a fast
-   tokenizer); a folder with ``tokenizer.json`` does not.
+Known difference in inference (see docs/released_weights.md): the original ran without a KV cache, re-running
+CLIP and the whole sequence at every step; ours caches. In float32 both give the same greedy tokens.
 """
 
 from __future__ import annotations
@@ -77,14 +64,16 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from transformers import AddedToken, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+from transformers import LlamaConfig, PreTrainedTokenizerBase
 
 from .configuration_pixellm import PixelLMConfig
 from .llava_loading import LLAMA_FIELDS, iter_checkpoint, load_clip, read_config
+from .model_folder import staged_folder
 from .modeling_pixellm import PixelLMForCausalLM
 from .pixel_decoder import PixelDecoder
 from .processing_pixellm import SAM_MEAN, SAM_STD, PixelLMImageProcessor
 from .seg_codebook import SegCodebook
+from .tokenization import load_tokenizer
 from .tokens import IM_END_TOKEN, IM_START_TOKEN, PixelLMTokenIds, add_pixellm_tokens, seg_token_names
 
 logger = logging.getLogger(__name__)
@@ -161,18 +150,13 @@ def count_seg_tokens(tokenizer: PreTrainedTokenizerBase, src: str) -> int:
 
 
 def convert_tokenizer(src: str, vocab_rows: int) -> tuple[PreTrainedTokenizerBase, PixelLMTokenIds, int]:
-    """Load the original's tokenizer, re-register its seg tokens with our flags (same ids), append <image>.
+    """Load the original's tokenizer as it was trained (``model.tokenization.load_tokenizer``), re-register its
+    seg and image-bracket tokens with the original's whitespace stripping (same ids), append <image>.
 
     Returns (tokenizer, token ids, K). ``vocab_rows`` is the original's embedding row count, which must equal
     its tokenizer's length.
     """
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-    except (ImportError, ValueError, OSError) as err:
-        raise ValueError(
-            f"could not load the tokenizer of {src}: {err}. A folder with only tokenizer.model needs the sentencepiece "
-            "package (pip install sentencepiece) for transformers to convert it"
-        ) from err
+    tokenizer = load_tokenizer(src)
     if len(tokenizer) != vocab_rows:
         raise ValueError(
             f"{src}: the tokenizer has {len(tokenizer)} tokens but model.embed_tokens has {vocab_rows} rows; the original "
@@ -184,10 +168,6 @@ def convert_tokenizer(src: str, vocab_rows: int) -> tuple[PreTrainedTokenizerBas
     if missing:
         raise ValueError(f"the tokenizer in {src} lacks {missing}: the released PixelLM tokenizers hold them (mm_use_im_start_end)")
     before = {n: tokenizer.convert_tokens_to_ids(n) for n in names}
-    tokenizer.add_tokens(
-        [AddedToken(n, lstrip=True, rstrip=False, normalized=False, special=True) for n in seg_token_names(k)],
-        special_tokens=True,
-    )
     token_ids = add_pixellm_tokens(tokenizer, k)
     after = {n: tokenizer.convert_tokens_to_ids(n) for n in names}
     if after != before or len(tokenizer) != vocab_rows + 1 or token_ids.image != vocab_rows:
@@ -284,11 +264,11 @@ def convert(src: str, clip: str, out: str, dtype: str = "auto") -> Path:
 
     state = build_state(source, vision.state_dict(), config)
     out_path = Path(out)
-    out_path.mkdir(parents=True, exist_ok=True)
-    save_torch_state_dict({k: v.to(target_dtype).contiguous() for k, v in state.items()}, out_path, max_shard_size="5GB")
-    config.save_pretrained(out_path)
-    tokenizer.save_pretrained(out_path)
-    PixelLMImageProcessor(image_size=image_size, image_mean=SAM_MEAN, image_std=SAM_STD).save_pretrained(out_path)
+    with staged_folder(out_path) as tmp:
+        save_torch_state_dict({k: v.to(target_dtype).contiguous() for k, v in state.items()}, tmp, max_shard_size="5GB")
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        PixelLMImageProcessor(image_size=image_size, image_mean=SAM_MEAN, image_std=SAM_STD, alpha="drop").save_pretrained(tmp)
     logger.info("converted %s (+ CLIP %s) to %s: %d tensors, K=%d, vocabulary %d", src, clip, out_path, len(state), k, vocab_rows + 1)
     return out_path
 
@@ -333,7 +313,7 @@ def main() -> None:
     parser.add_argument("--src", required=True, help="the original's merged folder (PixelLM-7B/hf_model)")
     parser.add_argument("--clip", required=True, help="CLIP ViT-L/14-336 folder (CLIPVisionModel or CLIPModel)")
     parser.add_argument("--out", required=True, help="output folder (our PixelLM format)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="stored dtype; auto = the source's")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="stored dtype of every part. auto = the source LLM's (bfloat16 for the released weights), CLIP included: CLIP is rounded from float32 to bf16 (mask logits move by ~1e-2). float32 reproduces the original's float32 numbers")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = convert(args.src, args.clip, args.out, args.dtype)

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, PreTrainedTokenizerBase
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
 from .configuration_pixellm import PixelLMConfig
 from .modeling_pixellm import PixelLMForCausalLM
 from .processing_pixellm import PixelLMImageProcessor
+from .tokenization import load_tokenizer
 from .tokens import add_pixellm_tokens
 from .vision_tower import resize_position_embeddings
 
@@ -380,7 +381,7 @@ def load_pixellm_folder(
                 f"{version}/config.json has {name}={getattr(model.config, name)} but {wanted} was asked for: the folder's "
                 "codebook and decoder are built for its own value; start from a LLaVA folder to change it"
             )
-    tokenizer = AutoTokenizer.from_pretrained(version)
+    tokenizer = load_tokenizer(version)
     ids = add_pixellm_tokens(tokenizer, model.config.num_seg_tokens)
     recorded = (model.config.image_token_id, model.config.im_start_token_id, model.config.im_end_token_id, model.config.seg_token_ids)
     if recorded != (ids.image, ids.im_start, ids.im_end, list(ids.seg)):
@@ -418,7 +419,7 @@ def load_for_training(
         llm_config, llm_state, clip, projector, select_layer = load_llava_hf(version, image_size, compat_shift)
     else:
         llm_config, llm_state, clip, projector, select_layer = load_llava_v1(version, vision_tower, image_size, compat_shift)
-    tokenizer = AutoTokenizer.from_pretrained(version)
+    tokenizer = load_tokenizer(version)
     model = assemble(
         llm_config, llm_state, clip, projector, tokenizer, seg_token_num, image_feature_scale_num, select_layer, dtype,
         version, config_overrides,

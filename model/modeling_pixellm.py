@@ -38,6 +38,16 @@ def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return out
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """attention_mask [Q, T] -> position ids [Q, T]: 0, 1, 2, ... from each row's first attended token.
+
+    Left padding gets position 0; every later token counts, right padding included, as the original's LLaMA
+    (positions 0..T-1 for an unpadded row) did.
+    """
+    first = attention_mask.long().argmax(-1, keepdim=True)
+    return (torch.arange(attention_mask.shape[1], device=attention_mask.device)[None] - first).clamp(min=0)
+
+
 def projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear - GELU - Linear (the mm_projector shape)."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
@@ -72,6 +82,7 @@ class PixelLMOutput(ModelOutput):
     loss: total (ce_w*CE + bce_w*(BCE + refine) + dice_w*Dice), when labels or masks are given.
     ce_loss, bce_loss, dice_loss, refine_loss: the unweighted terms.
     logits: [Q, T, V] next-token logits.
+    last_hidden_state: [Q, T, H] the LLM's last layer after its final norm (the states seg groups are read from).
     pred_masks: per image, mask logits [N_b, H_b, W_b] at the original size (in seg-group order).
     seg_counts: [Q] targets per sequence.
     """
@@ -82,6 +93,7 @@ class PixelLMOutput(ModelOutput):
     dice_loss: torch.Tensor | None = None
     refine_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
     pred_masks: list[torch.Tensor] | None = None
     seg_counts: torch.Tensor | None = None
 
@@ -165,7 +177,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         dec = [self.image_feature_neck(self.out_mm_projector(x).transpose(1, 2).reshape(b, -1, g, g)) for x in levels]
         return ImageFeatures(llm_embeds, llm_valid, torch.stack(dec, dim=1), clip_resize)
 
-    def _splice_images(
+    def embed_inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: ImageFeatures
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write each row's image tokens into its embeddings; mask the padded image tokens.
@@ -262,9 +274,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         row_image = self._row_images(offset, num_images, input_ids.shape[0], input_ids.device)
         sizes = self._output_sizes(num_images, masks_list, original_sizes, image_features.clip_resize)
 
-        embeds, attn = self._splice_images(input_ids, attention_mask, image_features.select(row_image))
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden, logits = self._run_llm(embeds, attn, position_ids)
+        embeds, attn = self.embed_inputs(input_ids, attention_mask, image_features.select(row_image))
+        hidden, logits = self._run_llm(embeds, attn, position_ids_from_mask(attention_mask))
 
         groups = find_seg_groups(input_ids, self.seg_token_ids, self.config.num_seg_tokens)
         target_image = row_image[groups.rows]
@@ -273,7 +284,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         )
         pred_masks = self._group_by_image(masks, target_image, num_images, sizes, hidden)
 
-        out = PixelLMOutput(logits=logits, pred_masks=pred_masks, seg_counts=groups.counts)
+        out = PixelLMOutput(logits=logits, last_hidden_state=hidden, pred_masks=pred_masks, seg_counts=groups.counts)
         if labels is not None or masks_list is not None:
             self._add_losses(out, logits, labels, pred_masks, masks_list, groups, row_image)
         return out
@@ -351,6 +362,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         out.loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * (bce + refine) + cfg.dice_loss_weight * dice
 
     # -- inference --------------------------------------------------------------------------------------
+    def _greedy_token(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [Q, V] -> the most likely token of each row [Q], never the ``<image>`` placeholder (it only
+        marks where image features go; its lm_head row is untrained)."""
+        if self.config.image_token_id is not None:
+            logits = logits.clone()
+            logits[:, self.config.image_token_id] = float("-inf")
+        return logits.argmax(-1)
+
     @torch.no_grad()
     def generate_with_masks(
         self,
@@ -380,8 +399,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
         q = input_ids.shape[0]
 
-        embeds, attn = self._splice_images(input_ids, attention_mask, image_features.select(row_image))
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        embeds, attn = self.embed_inputs(input_ids, attention_mask, image_features.select(row_image))
+        positions = position_ids_from_mask(attention_mask)
         cache = DynamicCache() if use_cache else None
         hidden, logits = self._run_llm(embeds, attn, positions, cache)
         last_hidden = hidden[:, -1]
@@ -391,7 +410,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         predicting = []
         done = torch.zeros(q, dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
-            token = next_logits.argmax(-1)
+            token = self._greedy_token(next_logits)
             predicting.append(last_hidden)
             tokens = torch.cat([tokens, token[:, None]], dim=1)
             done |= token == eos

@@ -63,7 +63,7 @@ class PixelDecoder(nn.Module):
         else:
             self.scale_weights = nn.Parameter(torch.full((levels,), 1.0 / levels))
 
-    def _predict_level(self, level: int, src: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    def predict_level(self, level: int, src: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """src: [N, D, h, w]; prompt: [N, D] -> mask logits [N, 1, 2h, 2w]."""
         n, _, h, w = src.shape
         tokens = torch.cat(
@@ -79,10 +79,10 @@ class PixelDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         """features: [N, L, D, g, g] (neck output of each target's image); prompts: [N, L, D] -> logits [N, 4g, 4g] (2g for L = 1)."""
-        m0 = self._predict_level(0, features[:, 0], prompts[:, 0])
+        m0 = self.predict_level(0, features[:, 0], prompts[:, 0])
         if self.num_levels == 1:
             return m0[:, 0]
         src1 = self.upsample_2x(features[:, 1]) * (torch.sigmoid(m0) + 1)
-        m1 = self._predict_level(1, src1, prompts[:, 1])
+        m1 = self.predict_level(1, src1, prompts[:, 1])
         m0_up = F.interpolate(m0, size=m1.shape[-2:], mode="bilinear", align_corners=False)
         return (self.scale_weights[0] * m0_up + self.scale_weights[1] * m1)[:, 0]

@@ -1,8 +1,8 @@
 """Image pre- and post-processing for PixelLM (kept out of the model, as in transformers' processors).
 
-Pre-processing: resize the longest side to ``image_size`` (PIL bilinear, antialiased when shrinking),
-normalise, zero-pad bottom/right to ``image_size`` x ``image_size``; the size before padding is
-``clip_resize`` = (h', w'). Post-processing inverts it for mask logits: upsample to the padded square,
+Pre-processing: resize the longest side to ``image_size`` (Pillow's bilinear filter, antialiased when
+shrinking, its two passes in Pillow 13's order whatever Pillow is installed: ``resize_bilinear``), normalise,
+zero-pad bottom/right to ``image_size`` x ``image_size``; the size before padding is ``clip_resize`` = (h', w'). Post-processing inverts it for mask logits: upsample to the padded square,
 crop ``clip_resize``, resize to the original image size.
 """
 
@@ -23,6 +23,26 @@ CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
 # The original PixelLM normalised its padded CLIP input with SAM/ImageNet statistics (compat).
 SAM_MEAN = (123.675, 116.28, 103.53)
 SAM_STD = (58.395, 57.12, 57.375)
+
+
+ALPHA_MODES = ("white", "drop")
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, C] uint8 -> [h, w, C] uint8 with Pillow's bilinear filter (antialiased when shrinking).
+
+    Pillow resamples in two passes, one per axis, rounding to uint8 in between, so the pass order changes
+    some pixels by one grey level. Pillow 13 runs the vertical pass first when the height shrinks by more
+    than twice as many pixels as the width; earlier versions always run the horizontal pass first. The
+    passes are run here one at a time in Pillow 13's order, which gives Pillow 13's result bit for bit
+    with any Pillow that has the same one-axis filter (8.0 and later).
+    """
+    height, width = image.shape[:2]
+    new_h, new_w = int(size[0]), int(size[1])
+    vertical_first = height - new_h > 0 and height - new_h > 2 * (width - new_w)
+    first = (width, new_h) if vertical_first else (new_w, height)
+    resized = Image.fromarray(image).resize(first, Image.BILINEAR).resize((new_w, new_h), Image.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def postprocess_masks(
@@ -56,25 +76,36 @@ class ProcessedImage:
 class PixelLMImageProcessor:
     """Resize-longest-side, normalise and pad; and the inverse for mask logits.
 
-    ``image_mean``/``image_std`` are in 0-255 pixel units.
+    ``image_mean``/``image_std`` are in 0-255 pixel units. ``alpha`` says how the model's images are read
+    when they have an alpha channel (``serving.image_io``): "white" composites onto white, "drop" keeps the
+    stored colours, as the original PixelLM (``cv2.imread``) did.
     """
 
     image_size: int = 448
     image_mean: tuple[float, ...] = field(default=CLIP_MEAN)
     image_std: tuple[float, ...] = field(default=CLIP_STD)
+    alpha: str = "white"
+
+    def __post_init__(self) -> None:
+        if self.alpha not in ALPHA_MODES:
+            raise ValueError(f"preprocessor_config.json: alpha must be one of {ALPHA_MODES}, got {self.alpha!r}")
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(h', w') after resizing the longest side to ``image_size``."""
         scale = self.image_size / max(height, width)
         return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
-    def preprocess(self, image: np.ndarray) -> ProcessedImage:
-        """``image``: [H, W, 3] uint8 RGB -> ``ProcessedImage``."""
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """[H, W, 3] uint8 RGB -> [h', w', 3] uint8, the longest side resized to ``image_size``."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape [H, W, 3], got {image.dtype} {image.shape}")
+        return resize_bilinear(image, self.resized_size(*image.shape[:2]))
+
+    def preprocess(self, image: np.ndarray) -> ProcessedImage:
+        """``image``: [H, W, 3] uint8 RGB -> ``ProcessedImage``."""
+        resized = self.resize(image).astype(np.float32)
         height, width = image.shape[:2]
-        new_h, new_w = self.resized_size(height, width)
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+        new_h, new_w = resized.shape[:2]
         mean = np.asarray(self.image_mean, dtype=np.float32)
         std = np.asarray(self.image_std, dtype=np.float32)
         normalised = (resized - mean) / std
@@ -109,7 +140,7 @@ class PixelLMImageProcessor:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PixelLMImageProcessor":
-        known = {"image_size", "image_mean", "image_std"}
+        known = {"image_size", "image_mean", "image_std", "alpha"}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .configuration_pixellm import PixelLMConfig
+from .model_folder import save_model_folder
 from .modeling_pixellm import PixelLMForCausalLM
 from .processing_pixellm import PixelLMImageProcessor
 from .tiny_tokenizer import train_tiny_tokenizer
@@ -74,11 +75,7 @@ def build_tiny(out_dir: str | os.PathLike, seed: int = 0, corpus: list[str] | No
     tokenizer, token_ids = train_tiny_tokenizer(corpus or [], num_seg, model_max_length=TINY_TEXT["max_position_embeddings"])
     config = tiny_config(len(tokenizer), token_ids, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)
     model = PixelLMForCausalLM(config)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    PixelLMImageProcessor(image_size=config.image_size).save_pretrained(out)
-    return out
+    return save_model_folder(model, tokenizer, PixelLMImageProcessor(image_size=config.image_size), out_dir)
 
 
 def main() -> None:

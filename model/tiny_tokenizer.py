@@ -1,21 +1,29 @@
-"""A byte-level BPE tokenizer trained locally (no download) for tiny PixelLM models."""
+"""A LLaMA-style sentencepiece tokenizer trained locally (no download) for tiny PixelLM models.
+
+It is built like LLaMA's (BPE, byte fallback, dummy prefix, identity normalisation, unk/bos/eos = 0/1/2,
+padding with unk) and read back through ``model.tokenization.load_tokenizer``, the path that released
+LLaVA and PixelLM folders take, so tiny models tokenise exactly as real ones do.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+import sentencepiece as spm
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from .conversation import SYSTEM_PROMPT
+from .tokenization import SENTENCEPIECE_MODEL, TOKENIZER_CONFIG, load_tokenizer
 from .tokens import PixelLMTokenIds, add_pixellm_tokens
-
-BASE_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 # Always part of the training text, so the chat scaffolding and common words are single tokens.
 BASE_CORPUS = [
     SYSTEM_PROMPT,
-    " USER: ASSISTANT:",
+    "USER: ASSISTANT:",
     "Sure, it is. Sure, the segmentation result is. They are, separately. and the",
     "Please segment the in this image. Can you segment the? What is in this image? "
     "Please respond with segmentation mask. Please output segmentation mask.",
@@ -25,30 +33,39 @@ BASE_CORPUS = [
 
 def train_tiny_tokenizer(
     corpus: Iterable[str], num_seg_tokens: int, vocab_size: int = 1024, model_max_length: int = 2048
-) -> tuple[PreTrainedTokenizerFast, PixelLMTokenIds]:
-    """Train a byte-level BPE on ``corpus`` (plus the chat scaffolding) and add the PixelLM tokens.
+) -> tuple[TokenizersBackend, PixelLMTokenIds]:
+    """Train the sentencepiece BPE on ``corpus`` (plus the chat scaffolding) and add the PixelLM tokens.
 
-    Any text encodes (byte fallback); words frequent in ``corpus`` become single tokens.
-    Returns the tokenizer (loadable with ``AutoTokenizer`` once saved) and the PixelLM token ids.
+    Any text encodes (byte fallback); words frequent in ``corpus`` become single tokens. ``vocab_size`` is an
+    upper bound: a small corpus yields fewer pieces. Returns the tokenizer and the PixelLM token ids.
     """
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    lines = [line for line in (*BASE_CORPUS, *corpus) if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
         vocab_size=vocab_size,
-        special_tokens=BASE_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        num_threads=1,
+        minloglevel=2,
     )
-    bpe.train_from_iterator([*BASE_CORPUS, *corpus], trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side="right",
-        model_max_length=model_max_length,
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / SENTENCEPIECE_MODEL).write_bytes(model.getvalue())
+        config = {"tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": True, "model_max_length": model_max_length, "padding_side": "right"}
+        (Path(folder) / TOKENIZER_CONFIG).write_text(json.dumps(config))
+        tokenizer = load_tokenizer(folder)
+    tokenizer.pad_token = tokenizer.unk_token
     token_ids = add_pixellm_tokens(tokenizer, num_seg_tokens)
     return tokenizer, token_ids

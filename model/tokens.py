@@ -44,25 +44,23 @@ class PixelLMTokenIds:
         return len(self.seg)
 
 
-def add_pixellm_tokens(tokenizer: PreTrainedTokenizerBase, num_seg_tokens: int) -> PixelLMTokenIds:
-    """Add the image and seg tokens to ``tokenizer`` (a no-op for those it has) and return their ids.
+def pixellm_added_token(name: str) -> AddedToken:
+    """How every PixelLM token is registered: whitespace on both sides is stripped, as the original's slow
+    LLaMA tokenizer did for its added tokens. So ``"is [SEG0] [SEG1]. It"`` splits into ``is``, ``[SEG0]``,
+    ``[SEG1]``, ``. It``: the state that predicts ``[SEG0]`` is the one of ``is``, and the text after a token
+    starts afresh (a LLaMA tokenizer gives it its "▁" prefix), exactly as the released weights saw it."""
+    return AddedToken(name, lstrip=True, rstrip=True, normalized=False, special=True)
 
-    Seg tokens strip the whitespace before them, so ``"chili [SEG0] [SEG1]"`` tokenises to
-    ``chili, [SEG0], [SEG1]``: the state that predicts ``[SEG0]`` is the one of ``chili``.
+
+def add_pixellm_tokens(tokenizer: PreTrainedTokenizerBase, num_seg_tokens: int) -> PixelLMTokenIds:
+    """Register the seg, ``<im_start>``, ``<im_end>`` and ``<image>`` tokens (in this order, so new ids follow
+    the original's: seg tokens first) and return their ids.
+
+    Tokens the tokenizer already holds keep their ids and get the stripping behaviour of
+    ``pixellm_added_token``.
     """
-    seg_names = seg_token_names(num_seg_tokens)
-    new = [
-        AddedToken(name, lstrip=True, rstrip=False, normalized=False, special=True)
-        for name in seg_names
-        if name not in tokenizer.get_vocab()
-    ]
-    new += [
-        AddedToken(name, lstrip=False, rstrip=False, normalized=False, special=True)
-        for name in (IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN)
-        if name not in tokenizer.get_vocab()
-    ]
-    if new:
-        tokenizer.add_tokens(new, special_tokens=True)
+    names = [*seg_token_names(num_seg_tokens), IM_START_TOKEN, IM_END_TOKEN, IMAGE_TOKEN]
+    tokenizer.add_tokens([pixellm_added_token(name) for name in names], special_tokens=True)
     return resolve_token_ids(tokenizer, num_seg_tokens)
 
 

@@ -41,24 +41,29 @@ def encode_levels(
 def resize_position_embeddings(clip: CLIPVisionModel, image_size: int, compat_shift: bool = False) -> CLIPVisionModel:
     """A copy of ``clip`` for ``image_size`` input, its position grid resized bilinearly.
 
-    The CLS embedding is row 0. With ``compat_shift`` the original PixelLM's quirk is reproduced: it took
-    the last row as CLS and reshaped the other rows as the grid (a one-position shift), which its released
-    weights were trained with.
+    With P the old table [1 + g*g, C] (row 0 = CLS), the default keeps P[0] for CLS and resizes
+    P[1:] as the g x g grid. With ``compat_shift`` the original PixelLM's resize is reproduced, which its
+    released weights were trained with: it resizes P[0 : g*g] as the grid (CLS row included, last patch
+    row left out) and appends P[g*g] at the END, so position p reads ``new[p]``: CLS reads the first grid
+    cell and patch j reads ``new[j + 1]``.
     """
     old = clip.embeddings.position_embedding.weight.detach()
     old_grid = int(round((old.shape[0] - 1) ** 0.5))
     new_grid = image_size // clip.config.patch_size
+
+    def resized_grid(rows: torch.Tensor) -> torch.Tensor:
+        grid = rows.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(old.dtype)
+
     if compat_shift:
-        cls, grid = old[-1:], old[:-1]
+        table = torch.cat([resized_grid(old[:-1]), old[-1:]], dim=0)
     else:
-        cls, grid = old[:1], old[1:]
-    grid = grid.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(old.dtype)
+        table = torch.cat([old[:1], resized_grid(old[1:])], dim=0)
     config = CLIPVisionConfig(**{**clip.config.to_dict(), "image_size": image_size})
     resized = CLIPVisionModel(config).to(old.dtype)
     state = {k: v for k, v in clip.state_dict().items() if "position_embedding" not in k and "position_ids" not in k}
-    state["embeddings.position_embedding.weight"] = torch.cat([cls, grid], dim=0)
+    state["embeddings.position_embedding.weight"] = table
     missing, unexpected = resized.load_state_dict(state, strict=False)
     missing = [k for k in missing if "position_ids" not in k]
     if missing or unexpected:

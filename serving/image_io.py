@@ -4,9 +4,11 @@ Every failure raises ``ImageLoadError`` (a ``ValueError``) whose message names t
 and what is accepted. Conversion rules, applied after ``ImageOps.exif_transpose`` (so the array, and
 the masks predicted on it, follow the orientation a viewer displays):
 
-- alpha (RGBA, LA, PA, RGBa, La, and P/L/RGB with a transparency entry) is composited onto white:
-  transparent pixels often hold arbitrary colours (usually black) that the user never sees, and white
-  is what a viewer on a light page shows;
+- alpha (RGBA, LA, PA, RGBa, La, and P/L/RGB with a transparency entry), ``ImageLoadConfig.alpha``:
+  "white" (the default of our models) composites onto white: transparent pixels often hold arbitrary
+  colours (usually black) that the user never sees, and white is what a viewer on a light page shows;
+  "drop" discards the alpha channel and keeps the stored colours, as the original PixelLM's ``cv2.imread``
+  did (what a converted release folder's ``preprocessor_config.json`` asks for);
 - 1-bit, L, P, CMYK, YCbCr, RGBX: Pillow's conversion to RGB;
 - 16-bit grey (I;16, I;16B, I;16L, I;16N): divided by 257 (65535 -> 255);
 - 32-bit int (I): divided by 257 when every value lies in [0, 65535] (a 16-bit image opened as I),
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.processing_pixellm import ALPHA_MODES
+
 ImageSource = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 
 # What Pillow raises on malformed data while parsing or decoding (beyond its documented OSError).
@@ -54,13 +58,18 @@ class ImageLoadConfig:
         (128 MiB) admits an uncompressed 40 MP RGB file, so only the pixel limit binds for real images.
     formats: Pillow format names tried when opening; others (EPS, which runs Ghostscript, etc.) are refused.
         "JPEG" covers multi-picture JPEGs from phones, which Pillow reports as format "MPO".
+    alpha: "white" (composite transparent pixels onto white) or "drop" (keep the stored colours); None: the
+        model folder's ``preprocessor_config.json`` setting where a predictor loads the image, else "white".
     """
 
     max_pixels: int = 40_000_000
     max_bytes: int | None = 128 * 2**20
     formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+    alpha: str | None = None
 
     def __post_init__(self) -> None:
+        if self.alpha is not None and self.alpha not in ALPHA_MODES:
+            raise ValueError(f"ImageLoadConfig.alpha must be one of {ALPHA_MODES}, got {self.alpha!r}")
         if self.max_pixels <= 0:
             raise ValueError(f"ImageLoadConfig.max_pixels must be positive, got {self.max_pixels}")
         if self.max_bytes is not None and self.max_bytes <= 0:
@@ -235,14 +244,14 @@ def _decode(image: Image.Image, name: str, config: ImageLoadConfig) -> np.ndarra
         warnings.warn(f"{name}: EXIF orientation ignored, it could not be read ({exc})", stacklevel=3)
         oriented = image
     try:
-        return _pil_to_rgb(oriented)
+        return _pil_to_rgb(oriented, config.alpha)
     except _DECODE_ERRORS as exc:
         raise ImageLoadError(
             f"{name}: cannot convert Pillow mode '{oriented.mode}' to RGB ({exc}). {_accepted(config)}"
         ) from exc
 
 
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+def _pil_to_rgb(image: Image.Image, alpha: str | None) -> np.ndarray:
     """A decoded PIL image of any mode -> [H, W, 3] uint8 RGB (rules in the module docstring)."""
     mode = image.mode
     if mode.startswith("I;16"):
@@ -256,7 +265,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         values = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0)
         in_unit = values.size == 0 or (values.min() >= 0 and values.max() <= 1)
         return _grey_to_rgb(_scale_to_uint8(values, assume_max=1.0 if in_unit else None))
-    if image.has_transparency_data:
+    if image.has_transparency_data and alpha != "drop":
         return _composite_on_white(np.asarray(image.convert("RGBA")))
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
@@ -298,7 +307,7 @@ def _array_to_rgb(array: np.ndarray, name: str, config: ImageLoadConfig) -> np.n
     if pixels.shape[2] == 1:
         return _grey_to_rgb(pixels[:, :, 0])
     if pixels.shape[2] == 4:
-        return _composite_on_white(pixels)
+        return np.ascontiguousarray(pixels[:, :, :3]) if config.alpha == "drop" else _composite_on_white(pixels)
     return np.ascontiguousarray(pixels, dtype=np.uint8).copy()
 
 

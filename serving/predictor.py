@@ -16,6 +16,7 @@ region it chose, not a calibrated probability that the target exists. Phrases an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from model.conversation import Turn, tokenize_conversation
 from model.modeling_pixellm import ImageFeatures, PixelLMForCausalLM
 from model.processing_pixellm import PixelLMImageProcessor
+from model.tokenization import load_tokenizer
 from model.tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, resolve_token_ids
 
 from .answer_parsing import parse_answer
@@ -114,7 +116,10 @@ class PixelLMPredictor:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor = processor
-        self.image_load_config = image_load_config or ImageLoadConfig()
+        image_load_config = image_load_config or ImageLoadConfig()
+        if image_load_config.alpha is None:
+            image_load_config = dataclasses.replace(image_load_config, alpha=processor.alpha)
+        self.image_load_config = image_load_config
         config = model.config
         self.token_ids = resolve_token_ids(tokenizer, config.num_seg_tokens)
         if list(self.token_ids.seg) != list(config.seg_token_ids) or self.token_ids.image != config.image_token_id:
@@ -169,7 +174,7 @@ class PixelLMPredictor:
             model = PixelLMForCausalLM.from_pretrained(
                 path, dtype=dtype, quantization_config=_quantization_config(quantization, device), device_map={"": device}
             )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
         processor = PixelLMImageProcessor.from_pretrained(path)
         return cls(model, tokenizer, processor, image_load_config, model_max_length)
 

@@ -56,6 +56,7 @@ class AppConfig:
     max_pixels: int = 25_000_000
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pixellm_app")
     examples: list[tuple[str, str]] = field(default_factory=list)
+    alpha: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -66,7 +67,7 @@ class AppConfig:
 
     @property
     def image_load_config(self) -> ImageLoadConfig:
-        return ImageLoadConfig(max_pixels=self.max_pixels, max_bytes=int(self.max_upload_mb * 2**20))
+        return ImageLoadConfig(max_pixels=self.max_pixels, max_bytes=int(self.max_upload_mb * 2**20), alpha=self.alpha)
 
 
 def make_example_images(folder: str | os.PathLike) -> list[tuple[str, str]]:

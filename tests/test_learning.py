@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from data_fixtures import synthetic_world
 from dataset.validation import build_val_dataset
 from evaluation.baselines import every_object_baseline
 from evaluation.evaluate import EvalOptions, evaluate
 from model import PixelLMForCausalLM, PixelLMImageProcessor
+from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids
 from training.args import parse_train_args
 from training.segmentation_pretraining import PretrainArgs, pretrain_segmentation
@@ -32,7 +32,7 @@ VAL_IMAGES = 30
 
 def refer_val_giou(model_dir: Path, data: Path) -> float:
     model = PixelLMForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     processor = PixelLMImageProcessor.from_pretrained(model_dir)
     token_ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
     val_set = build_val_dataset(REFER_VAL, str(data), tokenizer, processor, token_ids, model.config.num_image_tokens, 512)
@@ -67,7 +67,7 @@ def test_pretraining_then_train_ds_beats_untrained_and_every_object(tmp_path, de
     untrained = refer_val_giou(tiny, data)
     trained = refer_val_giou(merged, data)
     config = PixelLMForCausalLM.config_class.from_pretrained(tiny)
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokenizer = load_tokenizer(tiny)
     val_set = build_val_dataset(REFER_VAL, str(data), tokenizer, PixelLMImageProcessor.from_pretrained(tiny),
                                 resolve_token_ids(tokenizer, config.num_seg_tokens), config.num_image_tokens, 512)
     floor = every_object_baseline(val_set, VAL_IMAGES)["giou"]

@@ -27,6 +27,7 @@ from model import PixelLMForCausalLM
 from model.conversation import SYSTEM_PROMPT, Turn, tokenize_conversation
 from model.llava_loading import detect_layout, load_for_training
 from model.processing_pixellm import PixelLMImageProcessor
+from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids, seg_group_text
 
 H, C_VIS = 64, 32
@@ -232,3 +233,39 @@ def test_unknown_layouts_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "hidden_size": 8, "train_mask_decoder": True}))
     with pytest.raises(ValueError, match="convert_pixellm"):
         detect_layout(tmp_path)
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pixellm_ref"
+
+
+@pytest.mark.parametrize("legacy_key", [True, False], ids=["legacy-true", "no-legacy-key"])
+def test_llava_v1_sentencepiece_tokenizer_gives_the_originals_prompt_ids(tmp_path: Path, legacy_key: bool) -> None:
+    """A LLaVA-v1 folder with a slow LLaMA tokenizer (tokenizer.model, as LLaVA-7B ships it; here the one of the
+    reference checkpoint without its added tokens): prompts built by our template have exactly the ids the
+    original PixelLM's slow tokenizer produced (its dummy prefix at the start and after added tokens, the
+    whitespace next to added tokens dropped), also after the tokenizer is saved and reloaded. A folder without
+    a "legacy" key gets the slow tokenizer's old default, the dummy prefix."""
+    tokenizer_config = json.loads((FIXTURE / "hf_model" / "tokenizer_config.json").read_text())
+    if not legacy_key:
+        tokenizer_config.pop("legacy")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    for name in ("tokenizer.model", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((FIXTURE / "hf_model" / name).read_bytes())
+    llm = LlamaForCausalLM(llama_config(448))
+    save_file({k: v.contiguous() for k, v in llm.state_dict().items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = {**llm.config.to_dict(), "model_type": "llava", "mm_vision_tower": str(FIXTURE / "clip"), "mm_hidden_size": C_VIS}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    model, tokenizer, _ = load_for_training(str(tmp_path), None, 3, 2, torch.float32)
+    cases = json.loads((FIXTURE / "refs" / "cases.json").read_text())
+    ids = resolve_token_ids(tokenizer, 6)
+    assert (ids.seg, ids.im_start, ids.im_end) == (tuple(cases["seg_token_ids"]), cases["im_start_id"], cases["im_end_id"])
+    tokenizer.save_pretrained(tmp_path / "saved")
+    for tok in (tokenizer, load_tokenizer(tmp_path / "saved")):
+        for case in cases["teacher_forced"]:
+            turns = [Turn(f"<image>\n{q}", a) for q, a in zip(case["questions"], case["answers"])]
+            ours = tokenize_conversation(tok, turns, ids, 1).input_ids
+            assert [ids.image if t == -200 else t for t in case["input_ids"][0]] == ours, case["name"]
+        for case in cases["free_generation"]:
+            ours = tokenize_conversation(tok, [Turn(f"<image>\n{case['user_text']}")], ids, 1).input_ids
+            assert [ids.image if t == -200 else t for t in case["input_ids"]] == ours, case["user_text"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.conversation import IGNORE_INDEX, Turn, tokenize_conversation
 from model.losses import refinement_per_mask
 from model.seg_codebook import find_seg_groups
 from model.tiny import build_tiny
+from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids, seg_group_text
 from model.vision_tower import encode_levels, patch_validity, resize_position_embeddings
 
@@ -24,7 +25,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
     model = PixelLMForCausalLM.from_pretrained(tiny_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    tokenizer = load_tokenizer(tiny_dir)
     processor = PixelLMImageProcessor.from_pretrained(tiny_dir)
     return model, tokenizer, processor, resolve_token_ids(tokenizer, model.config.num_seg_tokens)
 
@@ -210,16 +211,82 @@ def test_clip_padding_mask_keeps_padding_out_of_valid_features():
 
 def test_position_embedding_resize_and_compat_shift():
     torch.manual_seed(0)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=28, patch_size=14))
-    old = clip.embeddings.position_embedding.weight.detach().clone()
-    resized = resize_position_embeddings(clip, 56)
-    new = resized.embeddings.position_embedding.weight.detach()
-    assert new.shape == (1 + 16, 32) and torch.equal(new[0], old[0])
-    shifted = resize_position_embeddings(clip, 56, compat_shift=True).embeddings.position_embedding.weight.detach()
-    assert torch.equal(shifted[0], old[-1])
-    assert torch.equal(resized.embeddings.patch_embedding.weight, clip.embeddings.patch_embedding.weight)
-    same = resize_position_embeddings(clip, 28).embeddings.position_embedding.weight.detach()
-    assert torch.allclose(same, old, atol=1e-6)
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=42, patch_size=14))
+    old = clip.embeddings.position_embedding.weight.detach().clone()  # [1 + 3*3, 32]
+
+    def bilinear(rows: torch.Tensor) -> torch.Tensor:
+        grid = rows.T.reshape(1, 32, 3, 3)
+        return torch.nn.functional.interpolate(grid, size=(6, 6), mode="bilinear", align_corners=False).reshape(32, 36).T
+
+    resized = resize_position_embeddings(clip, 84).embeddings.position_embedding.weight.detach()
+    assert resized.shape == (1 + 36, 32)
+    assert torch.equal(resized[0], old[0]) and torch.allclose(resized[1:], bilinear(old[1:]), atol=1e-6)
+    # The original's table: rows 0..g*g-1 (CLS row included) resized as the grid, the last row appended at the end.
+    shifted = resize_position_embeddings(clip, 84, compat_shift=True).embeddings.position_embedding.weight.detach()
+    assert torch.allclose(shifted[:-1], bilinear(old[:-1]), atol=1e-6) and torch.equal(shifted[-1], old[-1])
+    assert torch.equal(resize_position_embeddings(clip, 84).embeddings.patch_embedding.weight, clip.embeddings.patch_embedding.weight)
+    for compat in (False, True):
+        same = resize_position_embeddings(clip, 42, compat_shift=compat).embeddings.position_embedding.weight.detach()
+        assert torch.allclose(same, old, atol=1e-6)
+
+
+def test_generation_never_emits_the_image_placeholder(tiny):
+    """<image> only marks where image features go; even when its lm_head row wins, generation skips it."""
+    model, tokenizer, processor, ids = tiny
+    batch = processor([np.random.default_rng(3).integers(0, 255, (40, 60, 3), dtype=np.uint8)])
+    prompt = tokenize_conversation(tokenizer, [Turn("<image>\nSegment it.")], ids, model.config.num_image_tokens)
+    kwargs = dict(input_ids=torch.tensor([prompt.input_ids]), max_new_tokens=6, **{k: batch[k] for k in ("pixel_values", "clip_resize", "original_sizes")})
+    head = model.get_output_embeddings().weight
+    saved = head[ids.image].detach().clone()
+    with torch.no_grad():
+        head[ids.image] = 50 * head.abs().max() * torch.sign(model(**{k: v for k, v in kwargs.items() if k != "max_new_tokens"}).last_hidden_state[0, -1])
+    try:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in kwargs.items() if k != "max_new_tokens"}).logits[0, -1]
+        assert logits.argmax() == ids.image  # the placeholder would win greedy decoding
+        generated = model.generate_with_masks(**kwargs).sequences[0]
+    finally:
+        with torch.no_grad():
+            head[ids.image] = saved
+    assert generated and ids.image not in generated
+
+
+# Pillow 13.0.0's Image.resize(BILINEAR) of pattern(h, w) to (h', w'); for (1000, 37) and (997, 120) Pillow 12 differs.
+PILLOW13_RESIZE_SHA256 = {
+    (1000, 37, 448, 17): "5a18d069b0b936360fd6de9173566b8da38ab15c7603d60491d5e61b2f2f2ad1",
+    (600, 333, 448, 249): "cef836f1e95b809350bc7a168ae3763d1c392e99daa84ce14679424155b2f1d2",
+    (150, 230, 292, 448): "b1fe98d6b66fafd67975bafc20ae5e98e9245d89e8935d62a8e2b9126a3ac08b",
+    (180, 470, 172, 448): "e966467201212ef84230d60fc524fcb91c19bff71e9e49fc202bf00bc17e1892",
+    (997, 120, 448, 54): "623b248920f6191c3ad95f954521abc14c1bddcc0aab286d7f24605e873c38f2",
+}
+
+
+@pytest.mark.parametrize("shape", list(PILLOW13_RESIZE_SHA256))
+def test_resize_gives_pillow13_bytes_whatever_pillow_is_installed(shape):
+    import hashlib
+
+    from model.processing_pixellm import resize_bilinear
+
+    h, w, new_h, new_w = shape
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([(x * 7 + y * 13) % 256, (x * x + 3 * y) % 251, (x * y + 5 * x) % 241], axis=-1).astype(np.uint8)
+    resized = resize_bilinear(image, (new_h, new_w))
+    assert resized.shape == (new_h, new_w, 3)
+    assert hashlib.sha256(resized.tobytes()).hexdigest() == PILLOW13_RESIZE_SHA256[shape]
+    assert PixelLMImageProcessor(image_size=448).resized_size(h, w) == (new_h, new_w)
+
+
+def test_tiny_tokenizer_splits_like_a_llama_tokenizer(tiny):
+    """Dummy prefix at the start and after added tokens, whitespace next to added tokens dropped."""
+    _, tokenizer, _, ids = tiny
+    seg = seg_group_text(len(ids.seg))
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(f"the circle {seg} and the star {seg}.", add_special_tokens=False).input_ids)
+    first = tokens.index("[SEG0]")
+    assert tokens[0].startswith("▁") and tokens[first - 1] == "▁circle" and tokens[first + len(ids.seg)].startswith("▁and")
+    assert tokenizer(f"x {seg}", add_special_tokens=False).input_ids[-len(ids.seg):] == list(ids.seg)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("USER: <im_start><im_end>\nthe", add_special_tokens=False).input_ids)[-3:] == [
+        "<im_start>", "<im_end>", "▁the",
+    ]
 
 
 def test_generation_with_cache_equals_without_and_returns_masks(tiny):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import AutoTokenizer
 
 from data_fixtures import synthetic_world
 from dataset.mix import DataArgs, HybridDataset
 from model import PixelLMForCausalLM, PixelLMImageProcessor
+from model.tokenization import load_tokenizer
 from training.segmentation_pretraining import (
     PretrainArgs,
     collate_samples,
@@ -48,7 +48,7 @@ def config_dict(model: PixelLMForCausalLM) -> dict:
 
 def test_name_states_depend_only_on_the_name(world):
     model = PixelLMForCausalLM.from_pretrained(world["tiny"])
-    tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
+    tokenizer = load_tokenizer(world["tiny"])
     states = name_states(model, tokenizer, ["red circle", "blue star", "red circle"])
     assert states.shape == (3, model.config.num_seg_tokens, model.config.text_config.hidden_size)
     assert torch.equal(states[0], states[2])
@@ -59,7 +59,7 @@ def test_name_states_depend_only_on_the_name(world):
 
 def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(world):
     base = PixelLMForCausalLM.from_pretrained(world["tiny"])
-    tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
+    tokenizer = load_tokenizer(world["tiny"])
     processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
     batch = fixed_batch(world, base, processor)
     assert len(batch["names"]) == len(batch["masks"]) == batch["image_index"].numel()
@@ -80,7 +80,7 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
 
     trained = PixelLMForCausalLM.from_pretrained(out)
     assert config_dict(trained) == config_dict(base)
-    assert AutoTokenizer.from_pretrained(out).get_vocab() == tokenizer.get_vocab()
+    assert load_tokenizer(out).get_vocab() == tokenizer.get_vocab()
     before, after = base.state_dict(), trained.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     for prefix in ("vision_tower.", "out_mm_projector.", "image_feature_neck.", "seg_codebook.", "pixel_decoder."):
@@ -121,7 +121,7 @@ def test_patch_labels_name_the_class_under_each_patch_centre(world):
 
 def test_referring_samples_get_no_patch_labels_and_no_class_loss(world):
     model = PixelLMForCausalLM.from_pretrained(world["tiny"])
-    tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
+    tokenizer = load_tokenizer(world["tiny"])
     processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
     batch = fixed_batch(world, model, processor, dataset="refer_seg")
     assert batch["class_names"] == [] and (batch["patch_labels"] == -100).all()
@@ -133,7 +133,7 @@ def test_patch_class_loss_learns_to_tell_classes_apart(world):
     """A few steps on one batch: the loss falls from about ln(U) and the patch accuracy rises."""
     torch.manual_seed(0)
     model = PixelLMForCausalLM.from_pretrained(world["tiny"])
-    tokenizer = AutoTokenizer.from_pretrained(world["tiny"])
+    tokenizer = load_tokenizer(world["tiny"])
     processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
     batch = fixed_batch(world, model, processor)
     key_head = torch.nn.Linear(model.config.text_config.hidden_size, model.config.out_dim, bias=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -175,6 +176,38 @@ def test_alpha_is_composited_onto_white(tmp_path: Path) -> None:
     la = Image.fromarray(np.array([[[100, 0], [100, 255]]], np.uint8), mode="LA")
     loaded = load_image(_save(la, tmp_path / "la.png"))
     np.testing.assert_array_equal(loaded[0], [[255, 255, 255], [100, 100, 100]])
+
+
+def test_alpha_dropped_as_the_original_read_images(tmp_path: Path) -> None:
+    """alpha="drop" keeps the stored colours of transparent pixels, as cv2.imread (the original's reader) does."""
+    import cv2
+
+    rgba = np.array([[[255, 0, 0, 128], [7, 8, 9, 0], [10, 20, 30, 255]]], np.uint8)
+    path = _save(Image.fromarray(rgba, mode="RGBA"), tmp_path / "rgba.png")
+    drop = ImageLoadConfig(alpha="drop")
+    loaded = load_image(path, drop)
+    np.testing.assert_array_equal(loaded[0], rgba[0, :, :3])
+    np.testing.assert_array_equal(loaded, cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    np.testing.assert_array_equal(load_image(rgba, drop), loaded)
+    la = _save(Image.fromarray(np.array([[[100, 0], [100, 255]]], np.uint8), mode="LA"), tmp_path / "la.png")
+    np.testing.assert_array_equal(load_image(la, drop)[0], [[100, 100, 100], [100, 100, 100]])
+    with pytest.raises(ValueError, match="alpha must be one of"):
+        ImageLoadConfig(alpha="black")
+
+
+def test_predictor_reads_alpha_as_its_folder_says(tmp_path: Path) -> None:
+    from model.processing_pixellm import PixelLMImageProcessor
+    from model.tiny import build_tiny
+    from serving.predictor import PixelLMPredictor
+
+    folder = build_tiny(tmp_path / "tiny")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    assert PixelLMPredictor.from_pretrained(folder).start(rgba).image[0, 0].tolist() == [255, 255, 255]
+    dataclasses.replace(PixelLMImageProcessor.from_pretrained(folder), alpha="drop").save_pretrained(folder)
+    assert PixelLMPredictor.from_pretrained(folder).start(rgba).image[0, 0].tolist() == [200, 0, 0]
+    override = PixelLMPredictor.from_pretrained(folder, image_load_config=ImageLoadConfig(alpha="white"))
+    assert override.start(rgba).image[0, 0].tolist() == [255, 255, 255]
 
 
 def test_palette_with_and_without_transparency(tmp_path: Path) -> None:

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
 
 from data_fixtures import synthetic_world
 from dataset.validation import build_val_dataset
 from evaluation import EvalOptions, evaluate
 from evaluation.evaluate import left_pad
 from model import PixelLMForCausalLM, PixelLMImageProcessor
+from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids
 
 
@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     world = synthetic_world(tmp_path_factory.mktemp("eval_world"), train=4, val=3, seed=1)
     data, tiny = world["data"], world["tiny"]
     model = PixelLMForCausalLM.from_pretrained(tiny).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokenizer = load_tokenizer(tiny)
     processor = PixelLMImageProcessor.from_pretrained(tiny)
     ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
 
@@ -46,7 +46,9 @@ def test_results_do_not_depend_on_the_batch_size(setup, name):
     one = evaluate(setup["model"], val, "cpu", EvalOptions(batch_size=1, max_new_tokens=12))
     three = evaluate(setup["model"], val, "cpu", EvalOptions(batch_size=3, max_new_tokens=12))
     assert one["items"] == len(val) and one["pairs"] >= len(val)
-    assert one == pytest.approx(three, abs=1e-9)
+    # Padded batches run other kernel shapes: float rounding moves the untrained model's near-zero mask logits,
+    # so a pixel or two may flip (measured: 1.2e-7 in gIoU); anything larger is a real batching bug.
+    assert one == pytest.approx(three, abs=1e-6)
     assert 0.0 <= one["giou"] <= 1.0 and 0.0 <= one["ciou"] <= 1.0
 
 

@@ -19,10 +19,11 @@ from peft import PeftModel
 from torch import nn
 
 from model import PixelLMForCausalLM
+from model.model_folder import save_model_folder
 
 from .args import PRECISIONS, flag
 from .lora import LoraSettings, prepare_trainable
-from .model_setup import DTYPES, load_base_model, save_model_folder
+from .model_setup import DTYPES, load_base_model
 from .weights import load_state_dict_any
 
 logger = logging.getLogger(__name__)

@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-from pathlib import Path
 from typing import Protocol
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from model import PixelLMConfig, PixelLMForCausalLM, PixelLMImageProcessor
 from model.llava_loading import load_for_training
+from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids, seg_token_names
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def load_base_model(args: ModelFlags) -> tuple[PixelLMForCausalLM, PreTrainedTok
         logger.warning("--vision-tower %s is ignored: the PixelLM folder %s holds its own CLIP", args.vision_tower, args.version)
     dtype = DTYPES[args.precision]
     model = PixelLMForCausalLM.from_pretrained(args.version, dtype=dtype, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(args.version)
+    tokenizer = load_tokenizer(args.version)
     processor = PixelLMImageProcessor.from_pretrained(args.version)
     check_architecture_flags(model.config, args)
     check_tokenizer(model.config, tokenizer, args.version)
@@ -133,18 +132,3 @@ def apply_loss_weights(config: PixelLMConfig, args: ModelFlags) -> None:
         if wanted is not None and wanted != getattr(config, name):
             logger.info("%s: %s (from the flag; the folder has %s)", name, wanted, getattr(config, name))
             setattr(config, name, float(wanted))
-
-
-def save_model_folder(model: PixelLMForCausalLM, tokenizer: PreTrainedTokenizerBase, processor: PixelLMImageProcessor, out: str | os.PathLike) -> Path:
-    """Write a complete model folder (weights, config, tokenizer, preprocessor) next to ``out`` and move it
-    into place, so that ``out`` is never half-written."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

@@ -49,9 +49,10 @@ from model import PixelLMForCausalLM
 from model.conversation import IGNORE_INDEX
 from model.modeling_pixellm import ImageFeatures
 from model.losses import bce_per_mask, dice_per_mask
+from model.model_folder import save_model_folder
 
 from .args import build_parser, flag
-from .model_setup import DTYPES, load_base_model, save_model_folder
+from .model_setup import DTYPES, load_base_model
 from .run_log import RunLog
 
 logger = logging.getLogger(__name__)
