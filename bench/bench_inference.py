@@ -109,9 +109,9 @@ def time_answer(predictor: PixelLMPredictor, image: np.ndarray, length: int, tar
     model = predictor.model
     script = make_script(predictor.tokenizer, predictor.token_ids.seg, length, targets)
     t0 = time.perf_counter()
-    features = predictor._encode([image])
+    features = predictor.encode([image])
     encode_s = time.perf_counter() - t0
-    ids = torch.tensor([predictor._prompt_ids([], "Please segment everything in this image.", length)], device=predictor.device)
+    ids = torch.tensor([predictor.prompt_ids([], "Please segment everything in this image.", length)], device=predictor.device)
     timer = ScriptedTimer(model, script)
     try:
         start = time.perf_counter()
@@ -168,7 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         predictor = PixelLMPredictor.from_pretrained(build_tiny(Path(folder) / "tiny", seed=0), device=args.device)
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    prompt_tokens = len(predictor._prompt_ids([], "Please segment everything in this image.", 1))
+    prompt_tokens = len(predictor.prompt_ids([], "Please segment everything in this image.", 1))
     rows = [measure(predictor, image, n, t, True, args.repeats) for n, t in CASES]
     rows.append(measure(predictor, image, 200, 1, False, max(1, args.repeats // 2)))
 

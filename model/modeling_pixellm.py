@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.cache_utils import DynamicCache
+from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput
 
 from .configuration_pixellm import PixelLMConfig
@@ -59,19 +60,23 @@ class ImageFeatures(ModelOutput):
 
     llm_embeds: [B, n_img, H] projected image tokens for the LLM.
     llm_valid: bool [B, n_img], False where the token covers only padding.
-    decoder_features: [B, L, D, g, g] neck features of each decoder level.
     clip_resize: long [B, 2].
+    clip_levels: [B, L, g*g, C_vis] the CLIP patch tokens of each decoder level, kept until
+        ``PixelLMForCausalLM.add_decoder_features`` turns them into ``decoder_features`` (then None).
+    decoder_features: [B, L, D, g, g] neck features of each decoder level; None until a mask is needed.
     """
 
     llm_embeds: torch.Tensor | None = None
     llm_valid: torch.Tensor | None = None
-    decoder_features: torch.Tensor | None = None
     clip_resize: torch.Tensor | None = None
+    clip_levels: torch.Tensor | None = None
+    decoder_features: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> "ImageFeatures":
         """The features of images ``index`` (e.g. one row per conversation)."""
+        pick = lambda x: None if x is None else x[index]  # noqa: E731
         return ImageFeatures(
-            self.llm_embeds[index], self.llm_valid[index], self.decoder_features[index], self.clip_resize[index]
+            pick(self.llm_embeds), pick(self.llm_valid), pick(self.clip_resize), pick(self.clip_levels), pick(self.decoder_features)
         )
 
 
@@ -103,10 +108,13 @@ class PixelLMGenerateOutput(ModelOutput):
     """Output of ``generate_with_masks`` for Q prompts.
 
     sequences: per prompt, the generated token ids (without the prompt, up to and including eos).
+    seg_groups: per prompt, each seg group of its answer as (positions of its K tokens in ``sequences[q]``,
+        well formed), in answer order (``model.seg_codebook.find_seg_groups``); mask n belongs to group n.
     pred_masks: per prompt, mask logits [N_q, H, W] at the original image size, in answer order.
     """
 
     sequences: list[list[int]] | None = None
+    seg_groups: list[list[tuple[list[int], bool]]] | None = None
     pred_masks: list[torch.Tensor] | None = None
 
 
@@ -163,8 +171,12 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         return torch.tensor(self.config.seg_token_ids, dtype=torch.long)
 
     # -- image side ------------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor, clip_resize: torch.Tensor) -> ImageFeatures:
-        """pixel_values [B, 3, S, S], clip_resize [B, 2] -> ImageFeatures (CLIP runs once per image)."""
+    def encode_images(self, pixel_values: torch.Tensor, clip_resize: torch.Tensor, decoder_features: bool = True) -> ImageFeatures:
+        """pixel_values [B, 3, S, S], clip_resize [B, 2] -> ImageFeatures (CLIP runs once per image).
+
+        With ``decoder_features=False`` the decoder-side features are left for ``add_decoder_features`` to
+        compute when a mask is first needed (answers without a target never need them).
+        """
         cfg = self.config
         g, pool = cfg.vision_grid, cfg.image_token_pool
         valid = patch_validity(clip_resize, cfg.image_size, g)
@@ -174,8 +186,20 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         pooled = F.interpolate(grid0.float(), size=(g // pool, g // pool), mode="bilinear", align_corners=False)
         llm_embeds = self.mm_projector(pooled.to(grid0.dtype).flatten(2).transpose(1, 2))
         llm_valid = F.interpolate(valid[:, None].float(), size=(g // pool, g // pool), mode="nearest")[:, 0].flatten(1) > 0
-        dec = [self.image_feature_neck(self.out_mm_projector(x).transpose(1, 2).reshape(b, -1, g, g)) for x in levels]
-        return ImageFeatures(llm_embeds, llm_valid, torch.stack(dec, dim=1), clip_resize)
+        features = ImageFeatures(llm_embeds, llm_valid, clip_resize, clip_levels=torch.stack(levels, dim=1))
+        return self.add_decoder_features(features) if decoder_features else features
+
+    def add_decoder_features(self, features: ImageFeatures) -> ImageFeatures:
+        """Fill ``features.decoder_features`` [B, L, D, g, g] from its CLIP levels (once; the levels are then
+        dropped) and return ``features``."""
+        if features.decoder_features is None:
+            b, levels, _, _ = features.clip_levels.shape
+            g = self.config.vision_grid
+            projected = self.out_mm_projector(features.clip_levels.flatten(0, 1))
+            neck = self.image_feature_neck(projected.transpose(1, 2).reshape(b * levels, -1, g, g))
+            features.decoder_features = neck.reshape(b, levels, *neck.shape[1:])
+            features.clip_levels = None
+        return features
 
     def embed_inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: ImageFeatures
@@ -227,8 +251,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
     ) -> list[torch.Tensor]:
         """Decode N targets in one batched decoder call.
 
-        predicting_states: [N, K, H]; features: the image features of each target (N entries);
-        sizes: the output size of each target -> list of N logits [H_i, W_i].
+        predicting_states: [N, K, H]; features: the image features of each target (N entries, with decoder
+        features); sizes: the output size of each target -> list of N logits [H_i, W_i].
         """
         if predicting_states.shape[0] == 0:
             return []
@@ -242,6 +266,70 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             for i, mask in zip(index, postprocess_masks(low_res[index], self.config.image_size, clip_resize, size)):
                 masks[i] = mask
         return masks
+
+    # -- shared by forward and generation ------------------------------------------------------------------
+    def _prepare(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        clip_resize: torch.Tensor | None,
+        offset: torch.Tensor | None,
+        image_features: ImageFeatures | None,
+    ) -> tuple[ImageFeatures, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (features of the B images, the image of each row [Q], input embeddings [Q, T, H], attention mask
+        with the image validity [Q, T], position ids [Q, T])."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if image_features is None:
+            if pixel_values is None:
+                raise ValueError("pass pixel_values and clip_resize (or image_features from encode_images)")
+            image_features = self.encode_images(pixel_values, clip_resize, decoder_features=False)
+        num_images = image_features.llm_embeds.shape[0]
+        if offset is None:
+            offset = torch.arange(num_images + 1, device=input_ids.device)
+        row_image = torch.repeat_interleave(torch.arange(num_images, device=input_ids.device), offset.to(input_ids.device).diff())
+        if row_image.numel() != input_ids.shape[0]:
+            raise ValueError(f"offset {offset.tolist()} covers {row_image.numel()} rows but input_ids has {input_ids.shape[0]}")
+        embeds, mask = self.embed_inputs(input_ids, attention_mask, image_features.select(row_image))
+        return image_features, row_image, embeds, mask, position_ids_from_mask(attention_mask)
+
+    def _masks_of_groups(
+        self,
+        states: torch.Tensor,
+        state_positions: torch.Tensor,
+        groups: SegGroups,
+        features: ImageFeatures,
+        row_image: torch.Tensor,
+        sizes: list[tuple[int, int]],
+    ) -> list[torch.Tensor]:
+        """The mask logits [H_b, W_b] of every group, in group order. states [Q, T, H]; state_positions [N, K]:
+        where in ``states`` the state predicting each group token is. Decoder features are computed here, once,
+        when the first mask needs them."""
+        if groups.num_targets == 0:
+            return []
+        self.add_decoder_features(features)
+        target_image = row_image[groups.rows]
+        predicting = states[groups.rows[:, None], state_positions]
+        return self.decode_masks(predicting, features.select(target_image), [sizes[int(b)] for b in target_image])
+
+    @staticmethod
+    def _output_sizes(
+        num_images: int, masks_list: list[torch.Tensor] | None, original_sizes: torch.Tensor | None, clip_resize: torch.Tensor
+    ) -> list[tuple[int, int]]:
+        if masks_list is not None:
+            return [tuple(m.shape[-2:]) for m in masks_list]
+        source = original_sizes if original_sizes is not None else clip_resize
+        return [tuple(int(v) for v in source[b]) for b in range(num_images)]
+
+    @staticmethod
+    def _stack_by(masks: list[torch.Tensor], owner: list[int], count: int, sizes: list[tuple[int, int]], like: torch.Tensor) -> list[torch.Tensor]:
+        """Masks grouped by their owner (an image or a prompt): ``count`` tensors [N_i, H_i, W_i]."""
+        out = []
+        for i in range(count):
+            mine = [m for m, o in zip(masks, owner) if o == i]
+            out.append(torch.stack(mine) if mine else like.new_zeros((0, *sizes[i]), dtype=torch.float32))
+        return out
 
     # -- training / teacher-forced forward ----------------------------------------------------------------
     def forward(
@@ -264,58 +352,16 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         masks_list: B tensors [N_b, H_b, W_b] of 0/1/255 targets; original_sizes [B, 2] (default: the
         mask sizes, else clip_resize). ``image_features`` replaces pixel_values when already encoded.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if image_features is None:
-            if pixel_values is None:
-                raise ValueError("forward needs pixel_values and clip_resize (or image_features)")
-            image_features = self.encode_images(pixel_values, clip_resize)
-        num_images = image_features.llm_embeds.shape[0]
-        row_image = self._row_images(offset, num_images, input_ids.shape[0], input_ids.device)
-        sizes = self._output_sizes(num_images, masks_list, original_sizes, image_features.clip_resize)
-
-        embeds, attn = self.embed_inputs(input_ids, attention_mask, image_features.select(row_image))
-        hidden, logits = self._run_llm(embeds, attn, position_ids_from_mask(attention_mask))
-
+        features, row_image, embeds, attn, positions = self._prepare(input_ids, attention_mask, pixel_values, clip_resize, offset, image_features)
+        hidden, logits = self._run_llm(embeds, attn, positions)
+        num_images = features.llm_embeds.shape[0]
+        sizes = self._output_sizes(num_images, masks_list, original_sizes, features.clip_resize)
         groups = find_seg_groups(input_ids, self.seg_token_ids, self.config.num_seg_tokens)
-        target_image = row_image[groups.rows]
-        masks = self.decode_masks(
-            SegCodebook.gather(hidden, groups), image_features.select(target_image), [sizes[int(b)] for b in target_image]
-        )
-        pred_masks = self._group_by_image(masks, target_image, num_images, sizes, hidden)
-
+        masks = self._masks_of_groups(hidden, groups.predicting_positions, groups, features, row_image, sizes)
+        pred_masks = self._stack_by(masks, row_image[groups.rows].tolist(), num_images, sizes, hidden)
         out = PixelLMOutput(logits=logits, last_hidden_state=hidden, pred_masks=pred_masks, seg_counts=groups.counts)
         if labels is not None or masks_list is not None:
             self._add_losses(out, logits, labels, pred_masks, masks_list, groups, row_image)
-        return out
-
-    @staticmethod
-    def _row_images(offset: torch.Tensor | None, num_images: int, num_rows: int, device: torch.device) -> torch.Tensor:
-        """The image of each sequence row [Q] from ``offset`` [B + 1] (default: one row per image)."""
-        if offset is None:
-            offset = torch.arange(num_images + 1, device=device)
-        row_image = torch.repeat_interleave(torch.arange(num_images, device=device), offset.to(device).diff())
-        if row_image.numel() != num_rows:
-            raise ValueError(f"offset {offset.tolist()} covers {row_image.numel()} rows but input_ids has {num_rows}")
-        return row_image
-
-    @staticmethod
-    def _output_sizes(
-        num_images: int, masks_list: list[torch.Tensor] | None, original_sizes: torch.Tensor | None, clip_resize: torch.Tensor
-    ) -> list[tuple[int, int]]:
-        if masks_list is not None:
-            return [tuple(m.shape[-2:]) for m in masks_list]
-        source = original_sizes if original_sizes is not None else clip_resize
-        return [tuple(int(v) for v in source[b]) for b in range(num_images)]
-
-    @staticmethod
-    def _group_by_image(
-        masks: list[torch.Tensor], target_image: torch.Tensor, num_images: int, sizes: list[tuple[int, int]], like: torch.Tensor
-    ) -> list[torch.Tensor]:
-        out = []
-        for b in range(num_images):
-            mine = [m for m, i in zip(masks, target_image.tolist()) if i == b]
-            out.append(torch.stack(mine) if mine else like.new_zeros((0, *sizes[b]), dtype=torch.float32))
         return out
 
     def _add_losses(
@@ -380,40 +426,39 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         original_sizes: torch.Tensor | None = None,
         offset: torch.Tensor | None = None,
         image_features: ImageFeatures | None = None,
-        max_new_tokens: int = 512,
+        max_new_tokens: int | list[int] = 512,
         eos_token_id: int | None = None,
         use_cache: bool = True,
+        streamer: BaseStreamer | None = None,
     ) -> PixelLMGenerateOutput:
         """Greedy generation for Q left-padded prompts, then all their masks in one decoder call.
 
-        The hidden state that predicts each generated token is kept as it is computed, so seg groups
-        need no second pass. input_ids/attention_mask [Q, T] (left padding); images as in ``forward``.
+        input_ids/attention_mask [Q, T] (left padding); images as in ``forward``. ``max_new_tokens`` is one
+        budget for every prompt or one per prompt. The hidden state that predicts each generated token is kept as
+        it is computed, so seg groups need no second pass, and the LLM runs once per token that is kept:
+        prefill, then one step per further token. ``streamer.put(tokens [Q])`` sees each step's tokens (a
+        finished prompt's row repeats its eos), ``streamer.end()`` the end of generation.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if image_features is None:
-            image_features = self.encode_images(pixel_values, clip_resize)
-        num_images = image_features.llm_embeds.shape[0]
-        row_image = self._row_images(offset, num_images, input_ids.shape[0], input_ids.device)
-        sizes = self._output_sizes(num_images, None, original_sizes, image_features.clip_resize)
+        features, row_image, embeds, attn, positions = self._prepare(input_ids, attention_mask, pixel_values, clip_resize, offset, image_features)
+        sizes = self._output_sizes(features.llm_embeds.shape[0], None, original_sizes, features.clip_resize)
         eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
-        q = input_ids.shape[0]
+        q, device = input_ids.shape[0], input_ids.device
+        budgets = torch.tensor([max_new_tokens] * q if isinstance(max_new_tokens, int) else list(max_new_tokens), device=device)
+        if budgets.numel() != q or (budgets < 1).any():
+            raise ValueError(f"max_new_tokens must be >= 1, one value or one per prompt ({q}), got {max_new_tokens}")
 
-        embeds, attn = self.embed_inputs(input_ids, attention_mask, image_features.select(row_image))
-        positions = position_ids_from_mask(attention_mask)
         cache = DynamicCache() if use_cache else None
         hidden, logits = self._run_llm(embeds, attn, positions, cache)
-        last_hidden = hidden[:, -1]
-        next_logits = logits[:, -1]
-
-        tokens = torch.zeros((q, 0), dtype=torch.long, device=input_ids.device)
-        predicting = []
-        done = torch.zeros(q, dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            token = self._greedy_token(next_logits)
+        last_hidden, next_logits = hidden[:, -1], logits[:, -1]
+        steps, predicting = [], []
+        done = torch.zeros(q, dtype=torch.bool, device=device)
+        while True:
+            token = torch.where(done, torch.full_like(done, eos, dtype=torch.long), self._greedy_token(next_logits))
+            steps.append(token)
             predicting.append(last_hidden)
-            tokens = torch.cat([tokens, token[:, None]], dim=1)
-            done |= token == eos
+            if streamer is not None:
+                streamer.put(token)
+            done |= (token == eos) | (len(steps) >= budgets)
             if done.all():
                 break
             step_embed = self.get_input_embeddings()(token[:, None])
@@ -425,21 +470,20 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                 embeds = torch.cat([embeds, step_embed], dim=1)
                 hidden, logits = self._run_llm(embeds, attn, positions)
             last_hidden, next_logits = hidden[:, -1], logits[:, -1]
+        if streamer is not None:
+            streamer.end()
 
-        states = torch.stack(predicting, dim=1)
+        tokens = torch.stack(steps, dim=1)
         sequences = []
         for i in range(q):
-            row = tokens[i].tolist()
+            row = tokens[i, : int(budgets[i])].tolist()
             sequences.append(row[: row.index(eos) + 1] if eos in row else row)
         trimmed = torch.full_like(tokens, -1)
         for i, seq in enumerate(sequences):
             trimmed[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        # find_seg_groups returns positions t - 1; here the state predicting token t is states[:, t].
         groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.num_seg_tokens)
-        groups.predicting_positions += 1
-        target_image = row_image[groups.rows]
-        masks = self.decode_masks(
-            SegCodebook.gather(states, groups), image_features.select(target_image), [sizes[int(b)] for b in target_image]
-        )
-        per_prompt = self._group_by_image(masks, groups.rows, q, [sizes[int(b)] for b in row_image], states)
-        return PixelLMGenerateOutput(sequences=sequences, pred_masks=per_prompt)
+        # predicting[t] is the state that predicted generated token t.
+        states = torch.stack(predicting, dim=1)
+        masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)
+        per_prompt = self._stack_by(masks, groups.rows.tolist(), q, [sizes[int(b)] for b in row_image], states)
+        return PixelLMGenerateOutput(sequences=sequences, seg_groups=[groups.of_row(i) for i in range(q)], pred_masks=per_prompt)

@@ -15,30 +15,48 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SegGroups:
-    """Seg groups of a batch of sequences.
+    """Seg groups of a batch of sequences: chunk c of a row is its seg tokens cK ... cK+K-1, whatever they are.
 
     rows: [N] long, the sequence each target belongs to.
-    predicting_positions: [N, K] long, for each of a target's K seg tokens at position t, t - 1: the
-        position whose hidden state predicts it.
+    token_positions: [N, K] long, the positions of a target's K seg tokens.
+    well_formed: [N] bool, the chunk is exactly the K codebook tokens in order and adjacent (a chunk that is not
+        mixes tokens of different targets: its mask is decoded, but shown by no one).
     counts: [Q] long, targets per sequence.
     """
 
     rows: torch.Tensor
-    predicting_positions: torch.Tensor
+    token_positions: torch.Tensor
+    well_formed: torch.Tensor
     counts: torch.Tensor
 
     @property
     def num_targets(self) -> int:
         return int(self.rows.numel())
 
+    @property
+    def predicting_positions(self) -> torch.Tensor:
+        """[N, K]: the position whose hidden state predicts each seg token (the one before it)."""
+        return self.token_positions - 1
+
+    def predicting_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states [Q, T, H] of the sequences the groups were found in -> [N, K, H], the states that predict
+        each group's tokens."""
+        return hidden_states[self.rows[:, None], self.predicting_positions]
+
+    def of_row(self, row: int) -> list[tuple[list[int], bool]]:
+        """(token positions, well formed) of each group of sequence ``row``, in order."""
+        mine = (self.rows == row).nonzero()[:, 0].tolist()
+        return [(self.token_positions[i].tolist(), bool(self.well_formed[i])) for i in mine]
+
 
 def find_seg_groups(input_ids: torch.Tensor, seg_token_ids: torch.Tensor, num_seg_tokens: int) -> SegGroups:
     """input_ids [Q, T] -> the seg groups: every K consecutive seg tokens of a row, in order.
 
     A row whose seg-token count is not a multiple of K keeps its whole groups and drops the remainder
-    with a warning.
+    with a warning. This is the one place that decides which tokens form which target.
     """
-    is_seg = torch.isin(input_ids, seg_token_ids.to(input_ids.device))
+    seg_token_ids = seg_token_ids.to(input_ids.device)
+    is_seg = torch.isin(input_ids, seg_token_ids)
     rows, positions, counts = [], [], []
     for q in range(input_ids.shape[0]):
         pos = torch.nonzero(is_seg[q], as_tuple=False)[:, 0]
@@ -48,12 +66,17 @@ def find_seg_groups(input_ids: torch.Tensor, seg_token_ids: torch.Tensor, num_se
                 "sequence %d has %d seg tokens, not a multiple of K=%d: keeping %d whole groups, dropping the rest",
                 q, pos.numel(), num_seg_tokens, n,
             )
-        positions.append(pos[: n * num_seg_tokens].reshape(n, num_seg_tokens) - 1)
+        positions.append(pos[: n * num_seg_tokens].reshape(n, num_seg_tokens))
         rows.append(torch.full((n,), q, dtype=torch.long, device=input_ids.device))
         counts.append(n)
+    rows_t, positions_t = torch.cat(rows), torch.cat(positions).long()
+    tokens = input_ids[rows_t[:, None], positions_t]
+    in_order = (tokens == seg_token_ids[None]).all(1)
+    adjacent = (positions_t.diff(dim=1) == 1).all(1)
     return SegGroups(
-        rows=torch.cat(rows),
-        predicting_positions=torch.cat(positions).long(),
+        rows=rows_t,
+        token_positions=positions_t,
+        well_formed=in_order & adjacent,
         counts=torch.tensor(counts, dtype=torch.long, device=input_ids.device),
     )
 
@@ -82,8 +105,3 @@ class SegCodebook(nn.Module):
         x = self.text_hidden_fcs(states)
         x = x.reshape(x.shape[0], self.levels, self.per_level, -1)
         return (x * self.token_weights[None, :, :, None].to(x.dtype)).sum(dim=2)
-
-    @staticmethod
-    def gather(hidden_states: torch.Tensor, groups: SegGroups) -> torch.Tensor:
-        """hidden_states [Q, T, H] -> the predicting states of every target [N, K, H]."""
-        return hidden_states[groups.rows[:, None], groups.predicting_positions]

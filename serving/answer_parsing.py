@@ -1,9 +1,9 @@
 """Turn generated answer tokens into display text and one phrase per seg group.
 
 A well-formed target in an answer is one *seg group*: the K codebook tokens ``[SEG0] ... [SEG{K-1}]``,
-in order and adjacent. The model pairs the generated seg tokens with masks the way
-``model.seg_codebook.find_seg_groups`` does: chunk c is seg tokens cK ... cK+K-1 of the answer, whatever
-they are. ``parse_answer`` follows the same chunking, so chunk c is always mask c, and keeps a chunk only
+in order and adjacent. Which tokens form which group is decided once, by ``model.seg_codebook.find_seg_groups``
+(chunk c is seg tokens cK ... cK+K-1 of the answer, whatever they are), and generation returns those groups
+with their masks (``PixelLMGenerateOutput.seg_groups``). ``parse_answer`` reads them: it keeps a group only
 when it is well-formed; others are reported in ``ParsedAnswer.warnings`` and their masks dropped. One stray
 seg token therefore shifts every later chunk, and those are dropped too: a mask decoded from tokens of
 two different targets would be wrong, so none is shown.
@@ -69,13 +69,11 @@ class ParsedGroup:
 @dataclass
 class ParsedAnswer:
     """text: display text; raw_text: the answer with its seg tokens (for the chat history);
-    groups: the well-formed groups in answer order; num_chunks: the masks the model decodes for it;
-    warnings: one message per dropped chunk or leftover seg tokens."""
+    groups: the well-formed groups in answer order; warnings: one message per dropped chunk or leftover seg tokens."""
 
     text: str
     raw_text: str
     groups: list[ParsedGroup] = field(default_factory=list)
-    num_chunks: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -150,14 +148,16 @@ def _strip_trailing(region: str, start: int, end: int) -> int:
 
 def parse_answer(
     token_ids: Sequence[int],
+    seg_groups: Sequence[tuple[Sequence[int], bool]],
     tokenizer: PreTrainedTokenizerBase,
     seg_token_ids: Sequence[int],
     eos_token_id: int | None,
 ) -> ParsedAnswer:
     """Parse generated ids (without the prompt; anything from the first eos on is ignored).
 
-    seg_token_ids: the K codebook ids in order. Never raises on odd token sequences: malformed chunks
-    and leftover seg tokens become warnings.
+    seg_groups: the answer's groups as generation returns them, (positions of its K tokens in ``token_ids``,
+    well formed), in order; seg_token_ids: the K codebook ids. Never raises on odd token sequences:
+    malformed groups and leftover seg tokens become warnings.
     """
     ids = list(token_ids)
     if eos_token_id is not None and eos_token_id in ids:
@@ -172,9 +172,8 @@ def parse_answer(
         plain_before.append(count)
         count += i not in seg_set
 
-    num_chunks = len(seg_positions) // k
     warnings = []
-    leftover = len(seg_positions) - num_chunks * k
+    leftover = len(seg_positions) - len(seg_groups) * k
     if leftover:
         warnings.append(
             f"the answer has {len(seg_positions)} seg tokens, not a multiple of K={k}: "
@@ -188,12 +187,9 @@ def parse_answer(
         return positions[min(raw, len(full_text))]
 
     groups = []
-    for c in range(num_chunks):
-        chunk_pos = seg_positions[c * k : (c + 1) * k]
-        tokens = [ids[t] for t in chunk_pos]
-        contiguous = all(b == a + 1 for a, b in zip(chunk_pos, chunk_pos[1:]))
-        if tokens != list(seg_token_ids) or not contiguous:
-            names = tokenizer.convert_ids_to_tokens(tokens)
+    for c, (chunk_pos, well_formed) in enumerate(seg_groups):
+        if not well_formed:
+            names = tokenizer.convert_ids_to_tokens([ids[t] for t in chunk_pos])
             warnings.append(
                 f"target {c}: malformed seg group {' '.join(names)} at answer tokens {chunk_pos[0]}..{chunk_pos[-1]} "
                 f"(expected the {k} codebook tokens in order, adjacent): its mask was dropped"
@@ -207,4 +203,4 @@ def parse_answer(
         span = (region_start + rel_start, region_start + rel_end)
         groups.append(ParsedGroup(chunk=c, phrase=text[span[0] : span[1]], span=span, anchor=anchor))
     raw_text = tokenizer.decode(ids, skip_special_tokens=False).strip()
-    return ParsedAnswer(text=text, raw_text=raw_text, groups=groups, num_chunks=num_chunks, warnings=warnings)
+    return ParsedAnswer(text=text, raw_text=raw_text, groups=groups, warnings=warnings)

@@ -190,11 +190,11 @@ class PixelLMPredictor:
     def start(self, image: ImageSource) -> ChatSession:
         """Load ``image`` (anything ``serving.image_io.load_image`` accepts) and embed it once."""
         rgb = load_image(image, self.image_load_config)
-        return ChatSession(image=rgb, features=self._encode([rgb]))
+        return ChatSession(image=rgb, features=self.encode([rgb]))
 
     def reply(self, session: ChatSession, question: str, max_new_tokens: int = 512) -> Answer:
         """Answer ``question`` on ``session``'s image, seeing its earlier turns; appends the turn to it."""
-        ids = self._prompt_ids(session.history, question, max_new_tokens)
+        ids = self.prompt_ids(session.history, question, max_new_tokens)
         sizes = torch.tensor([session.size], dtype=torch.long, device=self.device)
         answer = self._generate([ids], session.features, sizes, [session.image], [question], max_new_tokens)[0]
         session.history.append(Turn(question=_turn_question(session.history, question), answer=answer.raw_text))
@@ -229,19 +229,21 @@ class PixelLMPredictor:
             return []
         images = [load_image(image, self.image_load_config) for image, _ in items]
         questions = [question for _, question in items]
-        prompts = [self._prompt_ids([], q, max_new_tokens) for q in questions]
-        features = self._encode(images)
+        prompts = [self.prompt_ids([], q, max_new_tokens) for q in questions]
+        features = self.encode(images)
         sizes = torch.tensor([img.shape[:2] for img in images], dtype=torch.long, device=self.device)
         return self._generate(prompts, features, sizes, images, questions, max_new_tokens)
 
-    # -- internals -------------------------------------------------------------------------------------------
-    def _encode(self, images: list[np.ndarray]) -> ImageFeatures:
+    # -- building blocks -------------------------------------------------------------------------------------
+    def encode(self, images: list[np.ndarray]) -> ImageFeatures:
+        """Embed RGB images [H, W, 3] uint8 (CLIP and the LLM's image tokens; the decoder-side features follow
+        when a first mask needs them)."""
         batch = self.processor(images)
         pixel_values = batch["pixel_values"].to(self.device, self.dtype)
         with torch.no_grad():
-            return self.model.encode_images(pixel_values, batch["clip_resize"].to(self.device))
+            return self.model.encode_images(pixel_values, batch["clip_resize"].to(self.device), decoder_features=False)
 
-    def _prompt_ids(self, history: list[Turn], question: str, max_new_tokens: int) -> list[int]:
+    def prompt_ids(self, history: list[Turn], question: str, max_new_tokens: int) -> list[int]:
         """Token ids of the llava_v1 prompt for ``question`` after ``history``; validates the question."""
         if not isinstance(question, str) or not question.strip():
             raise QuestionError("the question is empty: type what to segment or ask, e.g. 'Segment the dog.'")
@@ -288,17 +290,16 @@ class PixelLMPredictor:
             eos_token_id=self.eos_token_id,
         )
         return [
-            self._answer(question, sequence, logits, image)
-            for question, sequence, logits, image in zip(questions, out.sequences, out.pred_masks, images)
+            self._answer(question, sequence, groups, logits, image)
+            for question, sequence, groups, logits, image in zip(questions, out.sequences, out.seg_groups, out.pred_masks, images)
         ]
 
-    def _answer(self, question: str, sequence: list[int], logits: torch.Tensor, image: np.ndarray) -> Answer:
-        """Pair the well-formed seg groups of ``sequence`` with their mask logits [N, H, W]."""
-        parsed = parse_answer(sequence, self.tokenizer, self.token_ids.seg, self.eos_token_id)
+    def _answer(
+        self, question: str, sequence: list[int], groups: list[tuple[list[int], bool]], logits: torch.Tensor, image: np.ndarray
+    ) -> Answer:
+        """Pair the well-formed seg groups of ``sequence`` with their mask logits [N, H, W] (mask n is group n's)."""
+        parsed = parse_answer(sequence, groups, self.tokenizer, self.token_ids.seg, self.eos_token_id)
         warnings = list(parsed.warnings)
-        if logits.shape[0] != parsed.num_chunks:
-            warnings.append(f"the model decoded {logits.shape[0]} masks for {parsed.num_chunks} seg groups; masks dropped")
-            parsed.groups = []
         logits = logits.float().cpu()
         targets = []
         for j, group in enumerate(parsed.groups):

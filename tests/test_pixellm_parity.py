@@ -22,7 +22,7 @@ import torch
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.conversation import Turn, tokenize_conversation
 from model.convert_pixellm import convert
-from model.seg_codebook import SegCodebook, find_seg_groups
+from model.seg_codebook import find_seg_groups
 from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids
 from model.vision_tower import encode_levels, patch_validity
@@ -159,12 +159,13 @@ def test_teacher_forced_arrays_match_the_original(ref: SimpleNamespace, name: st
         expect_close("logits_after_image", out.logits[:, start:, :vocab], arrays["logits_after_image"], LOGIT_TOLERANCE, table)
 
         groups = find_seg_groups(ids, model.seg_token_ids, config.num_seg_tokens)
-        states = SegCodebook.gather(out.last_hidden_state, groups)
+        states = groups.predicting_states(out.last_hidden_state)
         after_fcs = model.seg_codebook.text_hidden_fcs(states).reshape(-1, config.out_dim)
         expect_close("seg_hidden_after_fcs", after_fcs, arrays["seg_hidden_after_fcs"], TOLERANCE, table)
         prompts = model.seg_codebook(states)
         expect_close("pred_embeddings", prompts, arrays["pred_embeddings"], TOLERANCE, table)
 
+        model.add_decoder_features(features)
         expect_close("neck_out_ch0to3", features.decoder_features[0, :, :4], arrays["neck_out_ch0to3"], TOLERANCE, table)
         per_target = features.decoder_features[row_image[groups.rows]]
         level0 = model.pixel_decoder.predict_level(0, per_target[:, 0], prompts[:, 0])
@@ -213,7 +214,7 @@ def test_seg_group_in_the_prompt_gives_the_originals_mask(ref: SimpleNamespace) 
         features = model.encode_images(processed.pixel_values[None], torch.tensor([processed.clip_resize]))
         out = model(input_ids=ids, image_features=features, original_sizes=sizes)
         groups = find_seg_groups(ids, model.seg_token_ids, model.config.num_seg_tokens)
-        prompts = model.seg_codebook(SegCodebook.gather(out.last_hidden_state, groups))
+        prompts = model.seg_codebook(groups.predicting_states(out.last_hidden_state))
     expect_close("pred_embeddings", prompts, arrays["pred_embeddings"], TOLERANCE, table)
     expect_close("pred_masks", out.pred_masks[0], arrays["pred_masks"], TOLERANCE, table)
     generated = model.generate_with_masks(input_ids=ids, image_features=features, original_sizes=sizes, max_new_tokens=case["max_new_tokens"])

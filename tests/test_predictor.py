@@ -11,6 +11,7 @@ import torch
 from forced_answers import ForcedAnswers, answer_ids
 from PIL import Image, ImageOps
 
+from model.seg_codebook import find_seg_groups
 from model.tiny import build_tiny
 from model.tokens import seg_token_names
 from serving.answer_parsing import extract_phrase, parse_answer, tidy_spacing
@@ -56,7 +57,7 @@ def test_masks_are_the_model_logits_thresholded_at_zero(predictor: PixelLMPredic
     predictor.set_image(image)
     with ForcedAnswers(predictor.model, [[script], [script]]):
         answer = predictor.ask("Segment the dog.", max_new_tokens=20)
-        ids = torch.tensor([predictor._prompt_ids([], "Segment the dog.", 20)])
+        ids = torch.tensor([predictor.prompt_ids([], "Segment the dog.", 20)])
         out = predictor.model.generate_with_masks(
             ids, image_features=predictor.session.features, original_sizes=torch.tensor([[60, 90]]), max_new_tokens=20
         )
@@ -138,7 +139,9 @@ SEG = " " + " ".join(seg_token_names(6))
 )
 def test_phrases_from_token_sequences(predictor: PixelLMPredictor, answer: str, text: str, phrases: list[str]) -> None:
     ids = predictor.tokenizer(answer.replace("{S}", SEG), add_special_tokens=False).input_ids + [predictor.eos_token_id]
-    parsed = parse_answer(ids, predictor.tokenizer, predictor.token_ids.seg, predictor.eos_token_id)
+    seg = predictor.token_ids.seg
+    groups = find_seg_groups(torch.tensor([ids]), torch.tensor(seg), len(seg)).of_row(0)
+    parsed = parse_answer(ids, groups, predictor.tokenizer, seg, predictor.eos_token_id)
     assert parsed.text == text
     assert [g.phrase for g in parsed.groups] == phrases
     assert [g.chunk for g in parsed.groups] == list(range(len(phrases)))
