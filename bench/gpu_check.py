@@ -276,6 +276,7 @@ class GpuCheck:
             "torch": torch.__version__,
             "torch_cuda": torch.version.cuda,
             "torch_threads": torch.get_num_threads(),
+            "variables": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "CUDA_VISIBLE_DEVICES", "TORCH_CUDA_ARCH_LIST")},
             "device": str(self.device),
             "deepspeed_accelerator": accelerator.device_name(),
             "comm_backend": accelerator.communication_backend_name(),

@@ -1,5 +1,5 @@
 """bench/gpu_check.py: the tiny form runs every section end to end; the 7B preset builds at its estimated size;
-failing sections are recorded and the time budget skips sections."""
+failing sections are recorded and the time budget skips sections; fewer LLM layers are extrapolated."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
-from bench.gpu_check import SECTIONS, TINY, GpuCheck
+from bench.gpu_check import FULL, SECTIONS, TINY, GpuCheck
 from bench.memory_estimate import TrainingSetup, lora_params, model_shape
-from bench.random_pixellm import build_random_pixellm
+from bench.random_pixellm import build_random_pixellm, preset_kwargs
+from model import PixelLMConfig
+from training.args import TrainArgs
 from training.distributed import DistInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def test_tiny_form_runs_every_section_and_writes_json_and_table(tmp_path):
     out = tmp_path / "gpu_check_tiny.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Passive OpenMP threads: on a machine shared with other jobs, spinning ones slow DeepSpeed's steps many times over.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--tiny", "--out", str(out)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -102,3 +106,19 @@ def test_a_failing_section_is_recorded_and_the_budget_skips_the_rest(tmp_path):
     written = json.loads((tmp_path / "check.json").read_text())
     assert written["sections"]["equivalence"]["status"] == "error"
     assert "equivalence: RuntimeError: out of memory, say" in (tmp_path / "check.txt").read_text()
+
+
+def test_a_run_with_fewer_llm_layers_is_extrapolated_to_the_preset_with_the_estimate(tmp_path):
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    form = replace(FULL, llm_layers=8)
+    check = GpuCheck(form, dist, "bf16", budget_s=60, out=tmp_path / "check.json")
+    args = TrainArgs(version="random", batch_size=2, grad_accumulation_steps=1, gradient_checkpointing=True)
+    eight = PixelLMConfig(**preset_kwargs("pixellm_7b", 8))
+    out = check._estimates(eight, args, True, row_tokens=768, peak_gib=30.0)
+    assert out["measured_over_estimate"] == round(30.0 / out["estimate_no_scores_gib"], 3)
+    full = check._estimates(PixelLMConfig(**preset_kwargs("pixellm_7b")), args, True, row_tokens=768, peak_gib=30.0)
+    assert "extrapolated" not in full
+    extrapolated = out["extrapolated"]
+    assert extrapolated["llm_layers"] == 32
+    assert extrapolated["peak_gib"] == pytest.approx(30.0 + full["estimate_no_scores_gib"] - out["estimate_no_scores_gib"], abs=2e-3)
+    assert extrapolated["peak_gib"] > 30.0
