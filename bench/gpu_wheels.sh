@@ -33,8 +33,8 @@ pin() {
 
 platform=(--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
-rm -rf "$out"
 mkdir -p "$out"
+rm -f "$out"/*.whl  # one version of each package: two would stop the install there
 "${pip[@]}" download --quiet --no-deps --only-binary=:all: "${platform[@]}" -d "$out" \
     "$(pin transformers)" "$(pin peft)" "$(pin pycocotools)" \
     hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
