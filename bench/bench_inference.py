@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,11 +61,20 @@ class Row:
     llm_calls: int
 
 
-class ScriptedTimer:
-    """Forces the answer tokens and records when each stage ends (hooks on the LM head, decoder, codebook)."""
+def no_sync() -> None:
+    """The CPU runs every op before returning: nothing to wait for before reading the clock."""
 
-    def __init__(self, model: torch.nn.Module, script: list[int]) -> None:
+
+class ScriptedTimer:
+    """Forces the answer tokens and records when each stage ends (hooks on the LM head, decoder, codebook).
+
+    ``sync`` waits for the device before each timestamp (``torch.cuda.synchronize`` on a GPU, whose
+    kernels run asynchronously).
+    """
+
+    def __init__(self, model: torch.nn.Module, script: list[int], sync: Callable[[], None] = no_sync) -> None:
         self.script = script
+        self.sync = sync
         self.lm_head_ends: list[float] = []
         self.llm_calls = 0
         self.mask_start: float | None = None
@@ -78,6 +88,7 @@ class ScriptedTimer:
         step = len(self.lm_head_ends)
         forced = torch.full_like(logits, -1e4)
         forced[:, -1, self.script[min(step, len(self.script) - 1)]] = 1e4
+        self.sync()
         self.lm_head_ends.append(time.perf_counter())
         return forced
 
@@ -86,6 +97,7 @@ class ScriptedTimer:
 
     def _mask_start(self, module, args) -> None:
         if self.mask_start is None:
+            self.sync()
             self.mask_start = time.perf_counter()
 
     def remove(self) -> None:
@@ -105,28 +117,40 @@ def make_script(tokenizer, seg_ids: tuple[int, ...], length: int, targets: int) 
     return script + [tokenizer.eos_token_id]
 
 
-def time_answer(predictor: PixelLMPredictor, image: np.ndarray, length: int, targets: int, use_cache: bool) -> dict:
+def time_answer(
+    predictor: PixelLMPredictor,
+    images: list[np.ndarray],
+    length: int,
+    targets: int,
+    use_cache: bool,
+    sync: Callable[[], None] = no_sync,
+) -> dict:
+    """One scripted answer of ``length`` tokens and ``targets`` masks for each of ``images`` (one batch); seconds."""
     model = predictor.model
     script = make_script(predictor.tokenizer, predictor.token_ids.seg, length, targets)
+    sync()
     t0 = time.perf_counter()
-    features = predictor.encode([image])
+    features = predictor.encode(images)
+    sync()
     encode_s = time.perf_counter() - t0
-    ids = torch.tensor([predictor.prompt_ids([], "Please segment everything in this image.", length)], device=predictor.device)
-    timer = ScriptedTimer(model, script)
+    prompt = predictor.prompt_ids([], "Please segment everything in this image.", length)
+    ids = torch.tensor([prompt] * len(images), device=predictor.device)
+    timer = ScriptedTimer(model, script, sync)
     try:
         start = time.perf_counter()
         out = model.generate_with_masks(
             input_ids=ids,
             image_features=features,
-            original_sizes=torch.tensor([image.shape[:2]], device=predictor.device),
+            original_sizes=torch.tensor([image.shape[:2] for image in images], device=predictor.device),
             max_new_tokens=length,
             eos_token_id=predictor.eos_token_id,
             use_cache=use_cache,
         )
+        sync()
         end = time.perf_counter()
     finally:
         timer.remove()
-    if out.sequences[0] != script or out.pred_masks[0].shape[0] != targets:
+    if any(seq != script for seq in out.sequences) or any(masks.shape[0] != targets for masks in out.pred_masks):
         raise RuntimeError("the forced script was not followed; the timing would not measure what it claims")
     expected_calls = 1 + (length - 1)
     if timer.llm_calls != expected_calls:
@@ -147,8 +171,8 @@ def time_answer(predictor: PixelLMPredictor, image: np.ndarray, length: int, tar
 
 
 def measure(predictor: PixelLMPredictor, image: np.ndarray, length: int, targets: int, use_cache: bool, repeats: int) -> Row:
-    time_answer(predictor, image, length, targets, use_cache)  # warm-up
-    runs = [time_answer(predictor, image, length, targets, use_cache) for _ in range(repeats)]
+    time_answer(predictor, [image], length, targets, use_cache)  # warm-up
+    runs = [time_answer(predictor, [image], length, targets, use_cache) for _ in range(repeats)]
 
     def med(key: str) -> float:
         return round(1000 * statistics.median(r[key] for r in runs), 3)

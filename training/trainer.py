@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dataset.collate import Collator
 from dataset.skips import report_skips
 from evaluation.evaluate import EvalOptions, evaluate
+from model import PixelLMForCausalLM
 from model.modeling_pixellm import model_inputs
 from model.tokens import resolve_token_ids
 
@@ -144,10 +145,19 @@ def run_eval_only(args: TrainArgs, dist: DistInfo) -> dict[str, dict]:
 
 def build_engine(args: TrainArgs, dist: DistInfo):
     """(engine, tokenizer, processor, model config, trainable parameter names)."""
+    model, tokenizer, processor = load_base_model(args)
+    engine, trainable = initialize_engine(model, args, dist)
+    return engine, tokenizer, processor, base_model_of(engine.module).config, trainable
+
+
+def initialize_engine(model: PixelLMForCausalLM, args: TrainArgs, dist: DistInfo):
+    """LoRA and the trainable groups, gradient checkpointing, ``--weight``, then ``deepspeed.initialize``.
+
+    Returns (engine, trainable parameter names). ``model`` may sit on the CPU or already on ``dist.device``.
+    """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    model, tokenizer, processor = load_base_model(args)
     trainable_model = prepare_trainable(model, lora_settings(args))
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
@@ -166,7 +176,7 @@ def build_engine(args: TrainArgs, dist: DistInfo):
         "DeepSpeed ZeRO-%d, %s, optimizer %s, micro batch %d x accumulation %d x %d ranks",
         args.zero_stage, args.precision, type(engine.optimizer).__name__, args.batch_size, args.grad_accumulation_steps, dist.world_size,
     )
-    return engine, tokenizer, processor, base_model_of(trainable_model).config, trainable
+    return engine, trainable
 
 
 def resume_state(args: TrainArgs, engine, trainable: list[str], dist: DistInfo) -> TrainState:
