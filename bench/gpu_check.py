@@ -376,7 +376,7 @@ class GpuCheck:
             "llm_layers": model.config.text_config.num_hidden_layers,
             "build_s": round(build_s, 2),
             "attention": attention_of(model),
-            "prompt_tokens": len(predictor._prompt_ids([], "Please segment everything in this image.", form.answer_tokens)),
+            "prompt_tokens": len(predictor.prompt_ids([], "Please segment everything in this image.", form.answer_tokens)),
             "answer_tokens": form.answer_tokens,
             "answer_targets": form.answer_targets,
             "image_hw": list(form.train_image_hw),
