@@ -64,11 +64,11 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from transformers import LlamaConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from .configuration_pixellm import PixelLMConfig
-from .llava_loading import LLAMA_FIELDS, iter_checkpoint, load_clip, read_config
-from .model_folder import staged_folder
+from .llava_loading import llama_config_from_fields, load_clip
+from .model_folder import iter_checkpoint, read_config, staged_folder
 from .modeling_pixellm import PixelLMForCausalLM
 from .pixel_decoder import PixelDecoder
 from .processing_pixellm import SAM_MEAN, SAM_STD, PixelLMImageProcessor
@@ -118,7 +118,7 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
 )
 # Our tensors with one row per token: the appended <image> row is the mean of the existing rows.
 VOCAB_KEYS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
 def map_key(key: str) -> str | None:
@@ -195,15 +195,6 @@ def check_original_config(config: dict, src: str) -> None:
     for name, expected in checks.items():
         if config.get(name, expected) != expected:
             raise ValueError(f"{path}: {name}={config[name]!r}; the converter supports only {expected!r} (the released weights' value)")
-    if config.get("rope_scaling"):
-        raise ValueError(f"{path}: rope_scaling {config['rope_scaling']} is not supported")
-
-
-def text_config_from_original(config: dict, vocab_size: int) -> LlamaConfig:
-    fields = {k: config[k] for k in LLAMA_FIELDS if config.get(k) is not None}
-    fields["vocab_size"] = vocab_size
-    rope = {"rope_type": "default", "rope_theta": float(config.get("rope_theta", 10000.0))}
-    return LlamaConfig(**fields, rope_parameters=rope, tie_word_embeddings=False)
 
 
 def decoder_options(shapes: dict[str, tuple[int, ...]]) -> dict:
@@ -229,7 +220,7 @@ def convert(src: str, clip: str, out: str, dtype: str = "auto") -> Path:
     shapes = {k: tuple(v.shape) for k, v in source.items()}
     if "model.embed_tokens.weight" not in source:
         raise ValueError(f"{src}: no model.embed_tokens.weight in the weights: not a LLaVA-LLaMA checkpoint")
-    target_dtype = source["model.embed_tokens.weight"].dtype if dtype == "auto" else DTYPES[dtype]
+    target_dtype = source["model.embed_tokens.weight"].dtype if dtype == "auto" else getattr(torch, dtype)
     vocab_rows = source["model.embed_tokens.weight"].shape[0]
     tokenizer, token_ids, k = convert_tokenizer(src, vocab_rows)
     scale_num = ORIGINAL_FORCED["image_feature_scale_num"]
@@ -246,7 +237,7 @@ def convert(src: str, clip: str, out: str, dtype: str = "auto") -> Path:
     grid = image_size // vision.config.patch_size
     config = PixelLMConfig(
         vision_config=vision.config.to_dict(),
-        text_config=text_config_from_original(original, vocab_rows + 1).to_dict(),
+        text_config=llama_config_from_fields(original, vocab_rows + 1).to_dict(),
         seg_token_num=k // scale_num,
         image_feature_scale_num=scale_num,
         vision_feature_layers=[original.get("mm_vision_select_layer", -2), ORIGINAL_SECOND_LEVEL_LAYER],
@@ -313,7 +304,7 @@ def main() -> None:
     parser.add_argument("--src", required=True, help="the original's merged folder (PixelLM-7B/hf_model)")
     parser.add_argument("--clip", required=True, help="CLIP ViT-L/14-336 folder (CLIPVisionModel or CLIPModel)")
     parser.add_argument("--out", required=True, help="output folder (our PixelLM format)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="stored dtype of every part. auto = the source LLM's (bfloat16 for the released weights), CLIP included: CLIP is rounded from float32 to bf16 (mask logits move by ~1e-2). float32 reproduces the original's float32 numbers")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES], help="stored dtype of every part. auto = the source LLM's (bfloat16 for the released weights), CLIP included: CLIP is rounded from float32 to bf16 (mask logits move by ~1e-2). float32 reproduces the original's float32 numbers")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = convert(args.src, args.clip, args.out, args.dtype)

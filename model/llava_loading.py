@@ -22,12 +22,10 @@ says so. CLIP is resized to ``image_size`` with ``model.vision_tower.resize_posi
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,6 +33,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, PreTrai
 from transformers.initialization import no_init_weights
 
 from .configuration_pixellm import PixelLMConfig
+from .model_folder import iter_checkpoint
 from .modeling_pixellm import PixelLMForCausalLM
 from .processing_pixellm import PixelLMImageProcessor
 from .tokenization import load_tokenizer
@@ -46,83 +45,12 @@ logger = logging.getLogger(__name__)
 TRAINING_IMAGE_SIZE = 448
 # Decoder level 1 reads this CLIP hidden state in the original PixelLM (hard-coded there).
 SECOND_LEVEL_LAYER = -11
-LLAVA_V1_MODEL_TYPES = ("llava", "llava_llama", "llama")
-WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Config fields of a LLaVA-v1 config.json that describe its LLaMA.
 LLAMA_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id", "pad_token_id",
     "attention_bias", "mlp_bias", "head_dim",
 )
-
-
-# -- reading folders ---------------------------------------------------------------------------------------
-def read_config(folder: str | os.PathLike) -> dict:
-    """``folder/config.json`` as a dict; a clear error when it is missing."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a model folder with config.json and its weights")
-    with open(path) as f:
-        return json.load(f)
-
-
-def weight_files(folder: str | os.PathLike) -> list[Path]:
-    """The weight files of a Hugging Face folder: sharded (``*.index.json``) or single, safetensors or ``.bin``."""
-    folder = Path(folder)
-    for index_name in WEIGHT_INDEX_FILES:
-        index = folder / index_name
-        if index.is_file():
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{index} lists shards that are not in {folder}: {missing}")
-            return [folder / s for s in shards]
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return [folder / name]
-    raise FileNotFoundError(
-        f"no weights in {folder}: expected one of {', '.join(WEIGHT_INDEX_FILES + WEIGHT_FILES)}"
-    )
-
-
-def iter_checkpoint(folder: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) for every tensor of the folder's weights, one shard in memory at a time."""
-    from safetensors import safe_open
-
-    for file in weight_files(folder):
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            yield from state.items()
-            del state
-
-
-def detect_layout(folder: str | os.PathLike) -> str:
-    """'pixellm', 'llava_v1' or 'llava_hf' from ``folder/config.json``; a clear error for anything else."""
-    config = read_config(folder)
-    model_type = config.get("model_type")
-    path = Path(folder) / "config.json"
-    if model_type == PixelLMConfig.model_type:
-        return "pixellm"
-    if model_type == "llava" and "text_config" in config and "vision_config" in config:
-        return "llava_hf"
-    if model_type in LLAVA_V1_MODEL_TYPES and "hidden_size" in config:
-        if "train_mask_decoder" in config or "out_dim" in config:
-            raise ValueError(
-                f"{path} is the original PixelLM's merged hf_model folder. Convert it first: python -m model.convert_pixellm "
-                f"--src {folder} --clip CLIP_336_FOLDER --out OUT, then pass OUT"
-            )
-        return "llava_v1"
-    raise ValueError(
-        f"{path} has model_type {model_type!r} and keys {sorted(config)[:12]}...: expected model_type 'pixellm' (a PixelLM "
-        "folder), 'llava' with text_config and vision_config (llava-hf), or 'llava'/'llava_llama'/'llama' with the LLaMA "
-        "fields at the top level (original LLaVA, CLIP given by --vision-tower)"
-    )
 
 
 def load_clip(folder: str | os.PathLike, image_size: int, compat_shift: bool) -> CLIPVisionModel:
@@ -247,11 +175,14 @@ def default_feature_layers(select_layer: int, image_feature_scale_num: int) -> l
     return layers[:image_feature_scale_num]
 
 
-def llama_config_from_llava_v1(config: dict) -> LlamaConfig:
-    """The LLaMA fields of an original-LLaVA config.json as a LlamaConfig."""
+def llama_config_from_fields(config: dict, vocab_size: int | None = None) -> LlamaConfig:
+    """The LLaMA fields at the top level of an original LLaVA or PixelLM config.json as a LlamaConfig (untied
+    lm_head); ``vocab_size`` replaces the file's."""
     if config.get("rope_scaling"):
-        raise ValueError(f"rope_scaling {config['rope_scaling']} in config.json is not supported for LLaVA v1 starting points")
+        raise ValueError(f"rope_scaling {config['rope_scaling']} in config.json is not supported (the released LLaVA and PixelLM weights have none)")
     fields = {k: config[k] for k in LLAMA_FIELDS if config.get(k) is not None}
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
     rope = {"rope_type": "default", "rope_theta": float(config.get("rope_theta", 10000.0))}
     return LlamaConfig(**fields, rope_parameters=rope, tie_word_embeddings=False)
 
@@ -318,10 +249,9 @@ def assemble(
 
 
 def load_llava_v1(
-    version: str, vision_tower: str | None, image_size: int, compat_shift: bool
+    version: str, config: dict, vision_tower: str | None, image_size: int, compat_shift: bool
 ) -> tuple[LlamaConfig, dict[str, torch.Tensor], CLIPVisionModel, dict[str, torch.Tensor], int]:
     """-> (LLM config, LLM state, resized CLIP, projector state, CLIP select layer) of an original-LLaVA folder."""
-    config = read_config(version)
     clip_source = vision_tower or config.get("mm_vision_tower")
     if not clip_source:
         raise ValueError(f"{version}/config.json names no mm_vision_tower: pass the CLIP folder with --vision-tower")
@@ -341,14 +271,13 @@ def load_llava_v1(
     mm_hidden = config.get("mm_hidden_size")
     if mm_hidden is not None and mm_hidden != clip.config.hidden_size:
         logger.info("%s: mm_hidden_size %s differs from the CLIP width %d of %s", version, mm_hidden, clip.config.hidden_size, clip_source)
-    return llama_config_from_llava_v1(config), llm_state, clip, llava_v1_projector_as_ours(projector), config.get("mm_vision_select_layer", -2)
+    return llama_config_from_fields(config), llm_state, clip, llava_v1_projector_as_ours(projector), config.get("mm_vision_select_layer", -2)
 
 
 def load_llava_hf(
-    version: str, image_size: int, compat_shift: bool
+    version: str, config: dict, image_size: int, compat_shift: bool
 ) -> tuple[LlamaConfig, dict[str, torch.Tensor], CLIPVisionModel, dict[str, torch.Tensor], int]:
     """-> (LLM config, LLM state, resized CLIP, projector state, CLIP select layer) of a llava-hf folder."""
-    config = read_config(version)
     text, vision = config["text_config"], config["vision_config"]
     if text.get("model_type", "llama") != "llama" or vision.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise ValueError(
@@ -371,64 +300,41 @@ def load_llava_hf(
     return llm_config, parts["llm"], clip, llava_hf_projector_as_ours(parts["projector"]), select_layer
 
 
-def load_pixellm_folder(
-    version: str, seg_token_num: int, image_feature_scale_num: int, dtype: torch.dtype, config_overrides: dict
-) -> tuple[PixelLMForCausalLM, PreTrainedTokenizerBase, PixelLMImageProcessor]:
-    model = PixelLMForCausalLM.from_pretrained(version, dtype=dtype, **config_overrides)
-    for name, wanted in (("seg_token_num", seg_token_num), ("image_feature_scale_num", image_feature_scale_num)):
-        if getattr(model.config, name) != wanted:
-            raise ValueError(
-                f"{version}/config.json has {name}={getattr(model.config, name)} but {wanted} was asked for: the folder's "
-                "codebook and decoder are built for its own value; start from a LLaVA folder to change it"
-            )
-    tokenizer = load_tokenizer(version)
-    ids = add_pixellm_tokens(tokenizer, model.config.num_seg_tokens)
-    recorded = (model.config.image_token_id, model.config.im_start_token_id, model.config.im_end_token_id, model.config.seg_token_ids)
-    if recorded != (ids.image, ids.im_start, ids.im_end, list(ids.seg)):
-        raise ValueError(f"{version}: the tokenizer's PixelLM token ids {ids} differ from those in config.json {recorded}")
-    return model, tokenizer, PixelLMImageProcessor.from_pretrained(version)
-
-
-def load_for_training(
-    version: str,
+def build_from_llava(
+    folder: str,
+    config: dict,
+    layout: str,
     vision_tower: str | None,
     seg_token_num: int,
     image_feature_scale_num: int,
     dtype: torch.dtype,
-    image_size: int = TRAINING_IMAGE_SIZE,
-    **config_overrides,
+    image_size: int,
+    config_overrides: dict,
 ) -> tuple[PixelLMForCausalLM, PreTrainedTokenizerBase, PixelLMImageProcessor]:
-    """PixelLM ready for training from ``version``: a LLaVA-v1 folder (+ ``vision_tower`` CLIP folder), a llava-hf
-    folder (CLIP inside), or a PixelLM folder. The layout is read from ``version/config.json``.
+    """A fresh PixelLM around the LLM (and, for llava-hf, the CLIP) of a LLaVA folder whose ``config.json`` is
+    ``config`` and whose ``layout`` is "llava_v1" or "llava_hf" (``model.model_folder.detect_layout``).
 
-    For LLaVA starting points the LLM (and the llava-hf CLIP) weights are carried over, CLIP is resized to
-    ``image_size`` (``compat_clip_pos_embed_shift`` in ``config_overrides`` selects the original's shifted
-    resize), the PixelLM tokens are added and the embeddings resized; every other module is freshly
-    initialised. ``config_overrides`` are PixelLMConfig fields (loss weights, vision_feature_layers, ...).
-    Returns (model in ``dtype`` on the CPU, tokenizer, image processor with CLIP normalisation).
+    CLIP is resized to ``image_size`` (``compat_clip_pos_embed_shift`` in ``config_overrides`` selects the
+    original's resize), the PixelLM tokens are added and the embeddings resized; every other module is freshly
+    initialised. Returns (model in ``dtype`` on the CPU, tokenizer, image processor with CLIP normalisation).
     """
-    layout = detect_layout(version)
-    if layout == "pixellm":
-        if vision_tower:
-            logger.warning("%s is a PixelLM folder with its own CLIP: --vision-tower %s is ignored", version, vision_tower)
-        return load_pixellm_folder(version, seg_token_num, image_feature_scale_num, dtype, config_overrides)
     compat_shift = bool(config_overrides.get("compat_clip_pos_embed_shift", False))
     if layout == "llava_hf":
         if vision_tower:
-            logger.warning("%s is a llava-hf folder with its own CLIP: --vision-tower %s is ignored", version, vision_tower)
-        llm_config, llm_state, clip, projector, select_layer = load_llava_hf(version, image_size, compat_shift)
+            logger.warning("%s is a llava-hf folder with its own CLIP: --vision-tower %s is ignored", folder, vision_tower)
+        llm_config, llm_state, clip, projector, select_layer = load_llava_hf(folder, config, image_size, compat_shift)
     else:
-        llm_config, llm_state, clip, projector, select_layer = load_llava_v1(version, vision_tower, image_size, compat_shift)
-    tokenizer = load_tokenizer(version)
+        llm_config, llm_state, clip, projector, select_layer = load_llava_v1(folder, config, vision_tower, image_size, compat_shift)
+    tokenizer = load_tokenizer(folder)
     model = assemble(
         llm_config, llm_state, clip, projector, tokenizer, seg_token_num, image_feature_scale_num, select_layer, dtype,
-        version, config_overrides,
+        folder, config_overrides,
     )
     logger.info(
         "built PixelLM from the %s folder %s: %.1fM parameters, %s, K=%d seg tokens, CLIP %d px",
-        layout, version, sum(p.numel() for p in model.parameters()) / 1e6, dtype, model.config.num_seg_tokens, image_size,
+        layout, folder, sum(p.numel() for p in model.parameters()) / 1e6, dtype, model.config.num_seg_tokens, image_size,
     )
     return model, tokenizer, PixelLMImageProcessor(image_size=image_size)
 
 
-__all__ = ["detect_layout", "iter_checkpoint", "load_clip", "load_for_training", "read_config", "weight_files"]
+__all__ = ["build_from_llava", "llama_config_from_fields", "load_clip"]

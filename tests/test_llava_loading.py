@@ -1,4 +1,4 @@
-"""model.llava_loading.load_for_training on tiny folders in the LLaVA-v1, llava-hf (older and newer key layouts)
+"""model.loading.load_pretrained on tiny folders in the LLaVA-v1, llava-hf (older and newer key layouts)
 and PixelLM layouts: LLM (and llava-hf CLIP) weights carried over, tokens added, a training step runs."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from transformers import (
 
 from model import PixelLMForCausalLM
 from model.conversation import SYSTEM_PROMPT, Turn, tokenize_conversation
-from model.llava_loading import detect_layout, load_for_training
+from model.loading import load_pretrained
+from model.model_folder import detect_layout, read_config
 from model.processing_pixellm import PixelLMImageProcessor
 from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids, seg_group_text
@@ -153,9 +154,9 @@ def assert_training_step(model: PixelLMForCausalLM, tokenizer) -> None:
 def test_llava_v1_layout(llava_v1_folder, clip_folder, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     folder, llm = llava_v1_folder
     source_vocab = llm.config.vocab_size
-    with caplog.at_level(logging.INFO, logger="model.llava_loading"):
-        model, tokenizer, processor = load_for_training(str(folder), str(clip_folder[0]), 3, 2, torch.float32)
-    assert detect_layout(folder) == "llava_v1"
+    with caplog.at_level(logging.INFO, logger="model"):
+        model, tokenizer, processor = load_pretrained(str(folder), torch.float32, vision_tower=str(clip_folder[0]), seg_token_num=3, image_feature_scale_num=2)
+    assert detect_layout(folder, read_config(folder)) == "llava_v1"
     assert "mm_projector: freshly initialised" in caplog.text
     assert len(tokenizer) == source_vocab + 9 == model.get_input_embeddings().weight.shape[0]
     assert model.config.seg_token_ids == [tokenizer.convert_tokens_to_ids(f"[SEG{i}]") for i in range(6)]
@@ -177,20 +178,20 @@ def test_llava_v1_layout(llava_v1_folder, clip_folder, caplog: pytest.LogCapture
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    reloaded, reloaded_tokenizer, _ = load_for_training(str(tmp_path), None, 3, 2, torch.float32, ce_loss_weight=0.5)
+    reloaded, reloaded_tokenizer, _ = load_pretrained(str(tmp_path), torch.float32, seg_token_num=3, image_feature_scale_num=2, ce_loss_weight=0.5)
     assert reloaded.config.ce_loss_weight == 0.5 and len(reloaded_tokenizer) == len(tokenizer)
     assert torch.equal(reloaded.pixel_decoder.level_embed.weight, model.pixel_decoder.level_embed.weight)
-    with pytest.raises(ValueError, match="seg_token_num=3"):
-        load_for_training(str(tmp_path), None, 4, 2, torch.float32)
+    with pytest.raises(ValueError, match="seg_token_num=4 was asked for"):
+        load_pretrained(str(tmp_path), torch.float32, seg_token_num=4, image_feature_scale_num=2)
 
 
 @pytest.mark.parametrize("newer_layout", [False, True], ids=["older-keys", "newer-keys"])
 def test_llava_hf_layout(tmp_path: Path, newer_layout: bool, caplog: pytest.LogCaptureFixture) -> None:
     llava = write_llava_hf(tmp_path, newer_layout)
     image_id = llava.config.image_token_index
-    with caplog.at_level(logging.INFO, logger="model.llava_loading"):
-        model, tokenizer, _ = load_for_training(str(tmp_path), None, 3, 2, torch.float32)
-    assert detect_layout(tmp_path) == "llava_hf"
+    with caplog.at_level(logging.INFO, logger="model"):
+        model, tokenizer, _ = load_pretrained(str(tmp_path), torch.float32, seg_token_num=3, image_feature_scale_num=2)
+    assert detect_layout(tmp_path, read_config(tmp_path)) == "llava_hf"
     assert "mm_projector: freshly initialised" in caplog.text
     assert model.config.image_token_id == image_id  # the folder's <image> is reused, not added again
     assert len(tokenizer) == llava.config.text_config.vocab_size + 8
@@ -207,7 +208,7 @@ def test_llava_hf_layout(tmp_path: Path, newer_layout: bool, caplog: pytest.LogC
 
 def test_llava_hf_in_bfloat16(tmp_path: Path) -> None:
     write_llava_hf(tmp_path, newer_layout=True)
-    model, tokenizer, _ = load_for_training(str(tmp_path), None, 3, 2, torch.bfloat16)
+    model, tokenizer, _ = load_pretrained(str(tmp_path), torch.bfloat16, seg_token_num=3, image_feature_scale_num=2)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert all(torch.isfinite(p).all() for p in model.pixel_decoder.parameters())
     input_ids = torch.tensor([tokenizer("Segment the circle.").input_ids])
@@ -218,7 +219,7 @@ def test_llava_hf_in_bfloat16(tmp_path: Path) -> None:
 
 def test_llava_hf_projector_reused_when_shapes_match(tmp_path: Path) -> None:
     llava = write_llava_hf(tmp_path, newer_layout=False)
-    model, _, _ = load_for_training(str(tmp_path), None, 3, 2, torch.float32, mm_projector_hidden_mult=1)
+    model, _, _ = load_pretrained(str(tmp_path), torch.float32, seg_token_num=3, image_feature_scale_num=2, mm_projector_hidden_mult=1)
     projector = llava.model.multi_modal_projector
     assert torch.equal(model.mm_projector[0].weight, projector.linear_1.weight)
     assert torch.equal(model.mm_projector[2].bias, projector.linear_2.bias)
@@ -226,13 +227,13 @@ def test_llava_hf_projector_reused_when_shapes_match(tmp_path: Path) -> None:
 
 def test_unknown_layouts_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="config.json"):
-        load_for_training(str(tmp_path), None, 3, 2, torch.float32)
+        load_pretrained(str(tmp_path), torch.float32, seg_token_num=3, image_feature_scale_num=2)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     with pytest.raises(ValueError, match=r"config.json has model_type 'bert'"):
-        load_for_training(str(tmp_path), None, 3, 2, torch.float32)
+        load_pretrained(str(tmp_path), torch.float32, seg_token_num=3, image_feature_scale_num=2)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "hidden_size": 8, "train_mask_decoder": True}))
     with pytest.raises(ValueError, match="convert_pixellm"):
-        detect_layout(tmp_path)
+        detect_layout(tmp_path, read_config(tmp_path))
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pixellm_ref"
@@ -256,7 +257,7 @@ def test_llava_v1_sentencepiece_tokenizer_gives_the_originals_prompt_ids(tmp_pat
     config = {**llm.config.to_dict(), "model_type": "llava", "mm_vision_tower": str(FIXTURE / "clip"), "mm_hidden_size": C_VIS}
     (tmp_path / "config.json").write_text(json.dumps(config))
 
-    model, tokenizer, _ = load_for_training(str(tmp_path), None, 3, 2, torch.float32)
+    model, tokenizer, _ = load_pretrained(str(tmp_path), torch.float32, seg_token_num=3, image_feature_scale_num=2)
     cases = json.loads((FIXTURE / "refs" / "cases.json").read_text())
     ids = resolve_token_ids(tokenizer, 6)
     assert (ids.seg, ids.im_start, ids.im_end) == (tuple(cases["seg_token_ids"]), cases["im_start_id"], cases["im_end_id"])

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataset.mix import DataArgs
+from model.precision import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 2, 3)
 _DATA_DEFAULTS = DataArgs()
 
@@ -31,7 +31,7 @@ class TrainArgs:
 
     # -- model ----------------------------------------------------------------------------------------
     version: str = flag("", "PixelLM model folder to start from (e.g. from `python -m model.tiny`), or a LLaVA-style folder with --vision-tower", required=True)
-    vision_tower: str | None = flag(None, "CLIP folder for a LLaVA-style --version (model.llava_loading); unused for a PixelLM folder", flag="--vision-tower")
+    vision_tower: str | None = flag(None, "CLIP folder for an original-LLaVA --version (default: its config's mm_vision_tower); unused for folders that hold a CLIP", flag="--vision-tower")
     seg_token_num: int | None = flag(None, "seg tokens per target and scale; must match the folder (default: the folder's)")
     image_feature_scale_num: int | None = flag(None, "decoder feature levels; must match the folder (default: the folder's)")
     ce_loss_weight: float | None = flag(None, "weight of the text cross-entropy (default: the folder's config, 1.0)")
@@ -71,7 +71,7 @@ class TrainArgs:
     beta1: float = flag(0.9, "AdamW beta1")
     beta2: float = flag(0.95, "AdamW beta2")
     warmup_steps: int = flag(100, "linear warmup steps of WarmupDecayLR (then linear decay to 0)")
-    precision: str = flag("bf16", "training precision", choices=PRECISIONS)
+    precision: str = flag("bf16", "training precision", choices=sorted(PRECISIONS))
     zero_stage: int = flag(2, "DeepSpeed ZeRO stage", choices=ZERO_STAGES)
     ds_config: str = flag("", "base DeepSpeed JSON (default: configs/ds_zero3.json for stage 3, else configs/ds_zero2.json)")
     torch_adam: bool = flag(False, "use torch's AdamW instead of DeepSpeed's fused one (always on with a CPU accelerator)")

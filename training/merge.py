@@ -20,10 +20,11 @@ from torch import nn
 
 from model import PixelLMForCausalLM
 from model.model_folder import save_model_folder
+from model.precision import PRECISIONS, dtype_of
 
-from .args import PRECISIONS, flag
+from .args import flag
 from .lora import LoraSettings, prepare_trainable
-from .model_setup import DTYPES, load_base_model
+from .model_setup import load_base_model
 from .weights import load_state_dict_any
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class MergeArgs:
     train_vision_tower: bool = flag(False, "set when training used --train_vision_tower")
     train_llm: bool = flag(False, "set when training used --train_llm")
     freeze_pixel_decoder: bool = flag(False, "set when training used --freeze_pixel_decoder")
-    precision: str = flag("bf16", "dtype of the saved weights", choices=PRECISIONS)
+    precision: str = flag("bf16", "dtype of the saved weights", choices=sorted(PRECISIONS))
 
     def lora(self) -> LoraSettings:
         targets = tuple(name.strip() for name in self.lora_target_modules.split(",") if name.strip())
@@ -91,7 +92,7 @@ def merge_lora_checkpoint(args: MergeArgs) -> Path:
     if not isinstance(merged, PixelLMForCausalLM):
         raise TypeError(f"merging produced a {type(merged).__name__}, expected PixelLMForCausalLM")
     merged.requires_grad_(False)
-    merged.to(DTYPES[args.precision])
+    merged.to(dtype_of(args.precision))
     out = save_model_folder(merged, tokenizer, processor, args.save_path)
     logger.info("wrote the merged PixelLM (%s) to %s", args.precision, out)
     return out

@@ -47,12 +47,13 @@ from dataset.mix import DataArgs, HybridDataset
 from dataset.sample import Sample
 from model import PixelLMForCausalLM
 from model.conversation import IGNORE_INDEX
-from model.modeling_pixellm import ImageFeatures
 from model.losses import bce_per_mask, dice_per_mask
 from model.model_folder import save_model_folder
+from model.modeling_pixellm import ImageFeatures
+from model.precision import PRECISIONS, dtype_of
 
 from .args import build_parser, flag
-from .model_setup import DTYPES, load_base_model
+from .model_setup import load_base_model
 from .run_log import RunLog
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class PretrainArgs:
     seed: int = flag(0, "seed of the sample order and of the run")
     workers: int = flag(0, "DataLoader workers")
     log_dir: str = flag("", "TensorBoard folder for each step's loss, IoU and patch accuracy (tags pretrain/<phase>/<metric>; empty: none)")
-    precision: str = flag("fp32", "dtype of the model during the stage", choices=sorted(DTYPES))
+    precision: str = flag("fp32", "dtype of the model during the stage", choices=sorted(PRECISIONS))
     device: str = flag("cuda" if torch.cuda.is_available() else "cpu", "cpu, cuda, cuda:1, ...")
     vision_tower: str | None = None
     seg_token_num: int | None = None
@@ -239,7 +240,7 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     With ``--log_dir`` the per-step metrics are written to TensorBoard once the phases are done.
     """
     torch.manual_seed(args.seed)
-    device, dtype = torch.device(args.device), DTYPES[args.precision]
+    device, dtype = torch.device(args.device), dtype_of(args.precision)
     model, tokenizer, processor = load_base_model(args)
     model.to(device)
     embeddings = model.get_input_embeddings().weight
