@@ -3,8 +3,9 @@
 No weights are allocated. The vision tower and the LLM are built from their transformers classes on
 the ``meta`` device and also counted analytically (the two must agree). The PixelLM parts
 (``mm_projector``, ``out_mm_projector``, ``text_hidden_fcs``, ``image_feature_neck``, pixel decoder)
-are counted analytically from DESIGN.md section 1 and the original's module inventory
-(research/pixellm-original.md sections 1.1 and 1.4); the model code is checked against these numbers.
+are counted analytically from the module shapes (``model/pixel_decoder.py``, ``model/seg_codebook.py``,
+``model/modeling_pixellm.py``) and the original's module inventory (the 7B figures asserted in
+``tests/test_configs.py``); the model code is checked against these numbers.
 Random-Fourier positional encodings are buffers and are not counted.
 
 Run: ``make bench`` or ``python -m bench.param_count``. Prints a table and writes
@@ -90,7 +91,7 @@ def hypernetwork_mlp(dim: int, out_features: int) -> int:
 
 
 def pixel_decoder_parts(config: PixelLMConfig) -> dict[str, int]:
-    """The multi-scale pixel decoder of DESIGN.md section 1.4, one entry per component.
+    """The multi-scale pixel decoder (``model/pixel_decoder.py``), one entry per component.
 
     ``original_structure`` sums the components the original's ``mask_decoder`` holds (its
     ``no_mask_embed`` lives in the prompt encoder and its fusion weights are unregistered).

@@ -1,4 +1,12 @@
-"""Reading images (cv2, BGR -> RGB) and decoding COCO-style segmentations into masks."""
+"""Reading training images and decoding COCO-style segmentations into masks.
+
+Training images are trusted local files of the datasets' own formats, read as the original PixelLM read them:
+``cv2.imread`` in colour mode (EXIF orientation applied, an alpha channel dropped, 16-bit images scaled to
+8 bits), so a model trained here saw what the original saw. Images from users go through ``serving.image_io``
+instead: it guards against untrusted files (decompression bombs, byte and pixel limits, refused formats) and
+applies the model folder's alpha policy (``PixelLMImageProcessor.alpha``). The two agree on every image without
+an alpha channel; the datasets PixelLM trains on (JPEG photos, RGB PNGs) have none.
+"""
 
 from __future__ import annotations
 

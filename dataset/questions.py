@@ -1,4 +1,4 @@
-"""Multi-target questions for sem_seg and refer_seg (DESIGN section 3).
+"""Multi-target questions for sem_seg and refer_seg (the original's question and answer templates).
 
 Up to ``num_classes_per_sample`` questions per image, each naming up to ``num_classes_per_question``
 targets: "Please segment the a, b and c in this image." -> "a is S, b is S and c is S." or

@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 
 from model.conversation import Turn
+from model.losses import IGNORE_LABEL
 
 from .errors import SkipItem, require_path
 from .image_io import check_polygons, read_rgb
 from .questions import image_question
-from .sample import IGNORE_LABEL, Sample, empty_masks
+from .sample import Sample, empty_masks
 from .skips import SkipCounter
 from .source import DataContext, TypeDataset, choose, parse_split_spec
 from .templates import Templates, fill

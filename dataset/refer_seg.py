@@ -12,7 +12,7 @@ import numpy as np
 from .errors import SkipItem
 from .image_io import read_rgb, union_mask
 from .questions import target_conversations
-from .refer import REFER_DATASETS, Expression, ReferData, load_refer
+from .refer_annotations import REFER_DATASETS, Expression, ReferData, load_refer
 from .sample import Sample
 from .skips import SkipCounter
 from .source import DataContext, TypeDataset, choose

@@ -25,8 +25,6 @@ import numpy as np
 from model.conversation import Turn
 from model.processing_pixellm import ProcessedImage
 
-IGNORE_LABEL = 255
-
 
 @dataclass
 class Sample:

@@ -23,11 +23,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from model.losses import IGNORE_LABEL
+
 from .coco_index import CocoIndex
 from .errors import SkipItem, require_path
 from .image_io import decode_segmentation, read_label, read_rgb
 from .questions import target_conversations
-from .sample import IGNORE_LABEL, Sample
+from .sample import Sample
 from .skips import SkipCounter
 from .source import DataContext, TypeDataset, choose
 

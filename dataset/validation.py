@@ -33,7 +33,7 @@ from .image_io import check_image_size, check_polygons, read_rgb
 from .multi_reason_seg import load_muse, muse_image_path, question_masks, question_problem, target_name
 from .questions import image_question
 from .reason_seg import list_reason_images, read_reason_json, reason_mask, reason_question
-from .refer import REFER_DATASETS, Expression, ReferData, load_refer
+from .refer_annotations import REFER_DATASETS, Expression, ReferData, load_refer
 from .refer_seg import expression_mask
 from .sample import Sample, empty_masks
 from .skips import SkipCounter

@@ -33,7 +33,7 @@ class PixelLMConfig(PreTrainedConfig):
     mm_projector_hidden_mult: projector MLP hidden width = mult * H.
     out_dim: pixel decoder width D (256).
     decoder_*: two-way transformer depth, heads, MLP width and cross-attention downsample rate.
-    ce/bce/dice_loss_weight, use_refinement_loss: the loss of DESIGN section 1.5.
+    ce/bce/dice_loss_weight, use_refinement_loss: loss = ce_w*CE + bce_w*(BCE + refinement) + dice_w*Dice (model/losses.py).
     compat_clip_pos_embed_shift: reproduce the original's CLS/grid shift when resizing CLIP positions.
     compat_fixed_fusion: fixed 1/(2*seg_token_num) token weights and 1/2 scale weights instead of learnable ones.
     image_token_id, im_start_token_id, im_end_token_id, seg_token_ids: ids in the model's tokenizer.

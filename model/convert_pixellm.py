@@ -78,7 +78,7 @@ from .tokens import IM_END_TOKEN, IM_START_TOKEN, PixelLMTokenIds, add_pixellm_t
 
 logger = logging.getLogger(__name__)
 
-# Values PixelLMForCausalLM.__init__ of the original forces whatever its config says (research notes, section 0).
+# Values PixelLMForCausalLM.__init__ of the original forces whatever its config says.
 ORIGINAL_FORCED = {
     "image_feature_scale_num": 2,
     "resize_vision_tower_size": 448,

@@ -1,4 +1,4 @@
-"""Mask losses of PixelLM (DESIGN section 1.5). Targets are 0/1 with 255 = ignore.
+"""Mask losses of PixelLM: per-mask BCE and Dice, and the target-refinement loss. Targets are 0/1 with 255 = ignore.
 
 Each function takes the logits and targets of ONE image's masks: logits [N, H, W] and targets [N, H, W],
 and returns the per-mask loss [N]; the caller averages over all masks of the batch.

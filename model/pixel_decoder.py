@@ -1,4 +1,10 @@
-"""The lightweight two-level pixel decoder (DESIGN section 1.4): CLIP features + seg embeddings -> mask logits."""
+"""The lightweight two-level pixel decoder: CLIP features + seg embeddings -> mask logits.
+
+Per level l a SAM-style two-way transformer reads the tokens [iou token, mask tokens, seg prompt of level l]
+(+ ``level_embed[l]``) against the level's neck features (+ ``no_mask_embed``, random-Fourier positions);
+mask token 0's hypernetwork output, dotted with the upscaled image features, is the level's mask. Level 1 runs
+on 2x upsampled features gated by sigmoid(m0) + 1. Output: the weighted sum of both levels at 4g x 4g.
+"""
 
 from __future__ import annotations
 

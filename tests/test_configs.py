@@ -147,5 +147,5 @@ def test_param_count_of_the_7b_preset_matches_known_model_sizes():
     assert counts["vision_tower"] == 303_507_456 + (1025 - 577) * 1024  # ViT-L/14-336 with a 32x32 grid
     assert counts["llm_vocab_size_with_pixellm_tokens"] == 32_000 + 6 + 3
     parts = {k: round(v / 1e6, 2) for k, v in counts["pixellm_parts"].items()}
-    # The original's 7B module inventory (research notes section 1.1).
+    # The original's 7B module inventory: its mm_projector, text_hidden_fcs, neck and mask decoder sizes.
     assert (parts["mm_projector"], parts["text_hidden_fcs"], parts["image_feature_neck"], parts["pixel_decoder"]) == (41.96, 17.83, 1.64, 7.57)

@@ -1,4 +1,4 @@
-"""The synthetic world (DESIGN section 5): flat shapes on plain canvases, written in the real formats.
+"""The synthetic world: flat shapes on plain canvases, written in the real datasets' formats.
 
 ``python -m dataset.synthetic --out DIR [--seed S] [--train N] [--val M] [--preset full|demo]``.
 """
