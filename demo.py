@@ -20,7 +20,8 @@ where there is one:
 7. `chat.py`                      answers a few validation questions and saves masks and overlays;
                                      `examples/overview.png` sets them next to the ground truth.
 
-Results: `runs/demo/metrics.json`, `runs/demo/learning_curves.png`, `runs/demo/examples/`.
+Results: `runs/demo/metrics.json` (per split gIoU, cIoU, no_target_acc, count_acc, invented_share; see
+docs/evaluation.md), `runs/demo/learning_curves.png`, `runs/demo/examples/`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 
 from dataset.image_io import read_rgb
 from dataset.multi_reason_seg import load_muse, muse_image_path, question_masks, target_name
+from evaluation.metrics import TARGET_METRICS
 from serving.overlay import draw_overlay
 from training.distributed import free_port
 
@@ -53,9 +55,12 @@ def run(stage: str, cmd: list[str]) -> None:
         sys.exit(f"demo: the stage '{stage}' failed (command above)")
 
 
-def read_eval(path: Path) -> dict[str, dict[str, float]]:
-    """{set name: {"giou", "ciou"}} from an eval-only run's metrics.json."""
-    return {r["set"]: {"giou": r["giou"], "ciou": r["ciou"]} for r in json.loads(path.read_text())}
+def read_eval(path: Path) -> dict[str, dict[str, float | None]]:
+    """{set name: {"giou", "ciou", "no_target_acc", "count_acc", "invented_share"}} from an eval-only run's metrics.json.
+
+    A target metric the set does not define (``evaluation.metrics``) is None, e.g. count_acc of the teacher-forced refer set.
+    """
+    return {r["set"]: {name: r.get(name) for name in ("giou", "ciou", *TARGET_METRICS)} for r in json.loads(path.read_text())}
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

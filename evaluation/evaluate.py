@@ -9,6 +9,9 @@ Two kinds of batches, told apart by their labels:
   masks are matched to its GT masks (``evaluation.matching.question_mask_pairs``: unmatched masks on
   either side count as IoU-0 pairs).
 
+Besides the pairs, every question's target counts are added (``evaluation.metrics.QuestionTargets``:
+no_target_acc, count_acc, invented_share).
+
 Items are processed in dataset order (each rank takes every world_size-th item when sharding), the model
 runs in eval mode without gradients, and the sums are all-reduced, so the result does not depend on the
 batch size or the number of ranks.
@@ -31,7 +34,7 @@ from model.conversation import IGNORE_INDEX
 from model.modeling_pixellm import model_inputs
 
 from .matching import MatchingConfig, question_mask_pairs
-from .metrics import IoUAccumulator, PairCounts, all_reduce_, pair_counts
+from .metrics import IoUAccumulator, PairCounts, QuestionTargets, all_reduce_, pair_counts, question_targets, teacher_forced_targets
 
 
 @dataclass
@@ -90,8 +93,11 @@ def _pairs_record(counts: PairCounts) -> dict:
     }
 
 
-def _teacher_forced(model: nn.Module, inputs: dict, batch: dict) -> list[tuple[PairCounts, dict]]:
-    """One forward pass; per image, (counts of its pairs, JSONL fields)."""
+ImageResult = tuple[PairCounts, list[QuestionTargets], dict]
+
+
+def _teacher_forced(model: nn.Module, inputs: dict, batch: dict) -> list[ImageResult]:
+    """One forward pass; per image, (counts of its pairs, target counts of its questions, JSONL fields)."""
     out = model(
         input_ids=inputs["input_ids"],
         attention_mask=inputs["attention_mask"],
@@ -105,12 +111,12 @@ def _teacher_forced(model: nn.Module, inputs: dict, batch: dict) -> list[tuple[P
         if pred.shape[0] != gt.shape[0]:
             raise RuntimeError(f"{batch['image_paths'][b]}: {pred.shape[0]} predicted masks for {gt.shape[0]} GT masks")
         counts = pair_counts(pred > 0, gt)
-        results.append((counts, {}))
+        results.append((counts, teacher_forced_targets(counts), {}))
     return results
 
 
-def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions, pad_id: int) -> list[tuple[PairCounts, dict]]:
-    """Greedy answers to every prompt; per image, (counts of its matched pairs, JSONL fields)."""
+def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions, pad_id: int) -> list[ImageResult]:
+    """Greedy answers to every prompt; per image, (counts of its matched pairs, target counts of its questions, JSONL fields)."""
     ids, mask = left_pad(inputs["input_ids"], inputs["attention_mask"], pad_id)
     gen = model.generate_with_masks(
         ids,
@@ -126,13 +132,15 @@ def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions
     for b, gt_all in enumerate(inputs["masks_list"]):
         per_question = [len(t) for t in batch["sampled_classes_list"][b]]
         gt_split = torch.split(gt_all, per_question)
-        preds, gts, unmatched, answers = [], [], [], []
+        preds, gts, unmatched, answers, pairs_per_question = [], [], [], [], []
         for j, gt in enumerate(gt_split):
             row = offset[b] + j
-            for pair in question_mask_pairs(gen.pred_masks[row], gt, options.matching):
+            pairs = question_mask_pairs(gen.pred_masks[row], gt, options.matching)
+            for pair in pairs:
                 preds.append(pair.pred)
                 gts.append(pair.gt)
                 unmatched.append(pair.unmatched)
+            pairs_per_question.append(len(pairs))
             if options.tokenizer is not None:
                 answers.append(options.tokenizer.decode(gen.sequences[row], skip_special_tokens=False))
             else:
@@ -144,7 +152,8 @@ def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions
             torch.tensor(unmatched, dtype=torch.bool),
         )
         pred_counts = [int(gen.pred_masks[offset[b] + j].shape[0]) for j in range(len(per_question))]
-        results.append((counts, {"answers": answers, "pred_counts": pred_counts}))
+        targets = [question_targets(c, g) for c, g in zip(counts.split(pairs_per_question), per_question)]
+        results.append((counts, targets, {"answers": answers, "pred_counts": pred_counts}))
     return results
 
 
@@ -164,7 +173,7 @@ def _batches(data: Dataset | DataLoader, options: EvalOptions, rank: int, world:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str, options: EvalOptions | None = None) -> dict:
-    """gIoU, cIoU (and pairs, n_acc, t_acc where defined) of ``model`` on ``data``, summed over all ranks.
+    """gIoU, cIoU (and where defined pairs, n_acc, t_acc, questions, no_target_acc, count_acc, invented_share) of ``model`` on ``data``, summed over all ranks.
 
     model: PixelLMForCausalLM, possibly inside peft and/or a DeepSpeed engine. data: a validation set with
     ``collate_fn`` (batched and sharded here) or a DataLoader of collated batches (used as given; ``limit``
@@ -196,8 +205,10 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device 
                 results = _generated(net, inputs, batch, options, pad_id)
             else:
                 raise ValueError("a batch mixes answered conversations and generation prompts: evaluate one validation set at a time")
-            for b, (counts, extra) in enumerate(results):
+            for b, (counts, targets, extra) in enumerate(results):
                 acc.add_counts(counts)
+                for question in targets:
+                    acc.add_question(question)
                 if options.jsonl_path:
                     index = indices[seen + b] if indices is not None else seen + b
                     records.append(

@@ -1,4 +1,4 @@
-"""Mask metrics: per-pair intersection/union, gIoU, cIoU and the gRefCOCO no-target accuracies.
+"""Mask metrics: per-pair intersection/union, gIoU, cIoU, the gRefCOCO no-target accuracies, and target counts.
 
 Definitions (for one pair of a predicted mask P and a ground-truth mask G of the same [H, W] size; pixels
 where G = 255 are ignored everywhere, in P as well as in G):
@@ -14,6 +14,24 @@ where G = 255 are ignored everywhere, in P as well as in G):
   answers "nothing". T-acc = (pairs with a target whose prediction is non-empty) / (pairs with a target):
   how often it finds something when something is there. Each is None when there is no pair of its kind.
 
+Per question (one conversation: a MUSE question, a referring expression), from the pairs that score it:
+
+- its *predicted targets* are the predicted masks that are not empty (on the valid pixels of the GT they
+  are paired with); a seg group whose mask is empty after thresholding names no target. Its *GT targets*
+  are its ground-truth masks (free generation) or, teacher-forced, 1 when its one GT mask has a target.
+- a predicted target is *invented* when it shares no valid pixel with the GT it is paired with: an
+  unmatched prediction (paired with an empty GT), and also one the Hungarian matching paired with a real
+  target it does not touch (IoU 0). The matching always pairs min(P, G) masks, so a named target that is
+  not in the image, given in place of a missed one, is matched to the missed one; only the IoU-0 rule
+  counts it as invented.
+- no_target_acc = (questions without a GT target answered with no predicted target) / (questions without
+  a GT target); None without such questions. Teacher-forced, each question is one pair, so it equals N-acc.
+- count_acc = (questions whose number of predicted targets equals their number of GT targets) /
+  (questions); only for free generation, where the model chooses how many seg groups to write (teacher
+  forcing fixes one per question), else None.
+- invented_share = (invented predicted targets) / (predicted targets) over all questions; None when no
+  target was predicted.
+
 Inputs may be torch tensors on any device or numpy arrays.
 """
 
@@ -24,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 IGNORE_LABEL = 255
+TARGET_METRICS = ("no_target_acc", "count_acc", "invented_share")
 
 MaskLike = torch.Tensor | np.ndarray
 
@@ -78,6 +97,36 @@ class PairCounts:
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
         return torch.where(self.unmatched, torch.zeros_like(iou), iou)
 
+    def split(self, sizes: list[int]) -> list["PairCounts"]:
+        """Consecutive groups of ``sizes`` pairs each (e.g. the pairs of each question)."""
+        fields = [torch.split(t, sizes) for t in (self.intersection, self.union, self.pred_nonempty, self.gt_has_target, self.unmatched)]
+        return [PairCounts(*group) for group in zip(*fields)]
+
+
+@dataclass(frozen=True)
+class QuestionTargets:
+    """Target counts of one question (definitions in the module docstring).
+
+    gt: GT targets; predicted: non-empty predicted masks; invented: those sharing no valid pixel with
+    their paired GT; counted: whether the model chose the number of masks (free generation).
+    """
+
+    gt: int
+    predicted: int
+    invented: int
+    counted: bool
+
+
+def question_targets(counts: PairCounts, gt_targets: int, counted: bool = True) -> QuestionTargets:
+    """The target counts of one question from the pairs that score it (``question_mask_pairs`` for free generation)."""
+    predicted = counts.pred_nonempty
+    return QuestionTargets(gt_targets, int(predicted.sum()), int((predicted & (counts.intersection == 0)).sum()), counted)
+
+
+def teacher_forced_targets(counts: PairCounts) -> list[QuestionTargets]:
+    """One question per pair (teacher-forced sets: one seg group per question, scored against its one GT mask)."""
+    return [question_targets(pair, int(pair.gt_has_target.any()), counted=False) for pair in counts.split([1] * counts.intersection.numel())]
+
 
 def pair_counts(preds: MaskLike, gts: MaskLike, unmatched: MaskLike | bool | None = None) -> PairCounts:
     """Intersection and union of predicted masks against ground truths, ignoring GT = 255 pixels.
@@ -115,12 +164,14 @@ def pair_counts(preds: MaskLike, gts: MaskLike, unmatched: MaskLike | bool | Non
 
 
 class IoUAccumulator:
-    """Running sums for gIoU, cIoU, N-acc and T-acc over (prediction, GT) pairs.
+    """Running sums for gIoU, cIoU, N-acc and T-acc over (prediction, GT) pairs, and for no_target_acc,
+    count_acc and invented_share over questions.
 
     The state is a float64 vector (see `FIELDS`), so accumulators from several processes combine by
     summation: `merge`, `to_tensor` / `from_tensor`, or `all_reduce_` under torch.distributed.
     """
 
+    # The pair sums (``add_counts``) come first, then the question sums (``add_question``).
     FIELDS = (
         "iou_sum",
         "intersection_sum",
@@ -130,6 +181,13 @@ class IoUAccumulator:
         "no_target_empty_pred",
         "target_pairs",
         "target_nonempty_pred",
+        "questions",
+        "no_target_questions",
+        "no_target_no_mask",
+        "counted_questions",
+        "count_correct",
+        "predicted_targets",
+        "invented_targets",
     )
 
     def __init__(self) -> None:
@@ -154,7 +212,21 @@ class IoUAccumulator:
                 (counts.gt_has_target & counts.pred_nonempty).double().sum(),
             ]
         )
-        self._sums += values.cpu()
+        self._sums[: len(values)] += values.cpu()
+
+    def add_question(self, targets: QuestionTargets) -> None:
+        """Add one question's target counts (its pairs go in separately, through ``add_counts``)."""
+        no_target = targets.gt == 0
+        for field, value in (
+            ("questions", 1),
+            ("no_target_questions", no_target),
+            ("no_target_no_mask", no_target and targets.predicted == 0),
+            ("counted_questions", targets.counted),
+            ("count_correct", targets.counted and targets.predicted == targets.gt),
+            ("predicted_targets", targets.predicted),
+            ("invented_targets", targets.invented),
+        ):
+            self._sums[self.FIELDS.index(field)] += float(value)
 
     def _get(self, field: str) -> float:
         return float(self._sums[self.FIELDS.index(field)])
@@ -192,13 +264,34 @@ class IoUAccumulator:
         total = self._get("target_pairs")
         return self._get("target_nonempty_pred") / total if total > 0 else None
 
+    def _share(self, part: str, whole: str) -> float | None:
+        total = self._get(whole)
+        return self._get(part) / total if total > 0 else None
+
+    @property
+    def no_target_acc(self) -> float | None:
+        """Fraction of questions without a GT target answered with no predicted target; None without such questions."""
+        return self._share("no_target_no_mask", "no_target_questions")
+
+    @property
+    def count_acc(self) -> float | None:
+        """Fraction of free-generation questions with as many predicted targets as GT targets; None without them."""
+        return self._share("count_correct", "counted_questions")
+
+    @property
+    def invented_share(self) -> float | None:
+        """Fraction of predicted targets that are invented; None when no target was predicted."""
+        return self._share("invented_targets", "predicted_targets")
+
     def summary(self) -> dict[str, float]:
-        """giou, ciou, pairs, and n_acc / t_acc where defined."""
+        """giou, ciou, pairs, and where defined n_acc, t_acc, questions, no_target_acc, count_acc, invented_share."""
         result = {"giou": self.giou, "ciou": self.ciou, "pairs": float(self.num_pairs)}
-        if self.n_acc is not None:
-            result["n_acc"] = self.n_acc
-        if self.t_acc is not None:
-            result["t_acc"] = self.t_acc
+        if self._get("questions") > 0:
+            result["questions"] = self._get("questions")
+        for name in ("n_acc", "t_acc", *TARGET_METRICS):
+            value = getattr(self, name)
+            if value is not None:
+                result[name] = value
         return result
 
     def to_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -221,6 +314,13 @@ class IoUAccumulator:
         """Add `other`'s pairs to this accumulator; returns self."""
         self._sums += other._sums
         return self
+
+
+def format_metrics(result: dict) -> str:
+    """``gIoU=… cIoU=…`` followed by whichever of n_acc, t_acc, no_target_acc, count_acc, invented_share ``result`` holds."""
+    parts = [f"gIoU={result['giou']:.4f}", f"cIoU={result['ciou']:.4f}"]
+    parts += [f"{name}={result[name]:.4f}" for name in ("n_acc", "t_acc", *TARGET_METRICS) if result.get(name) is not None]
+    return " ".join(parts)
 
 
 def all_reduce_(acc: IoUAccumulator, device: torch.device | str | None = None) -> IoUAccumulator:

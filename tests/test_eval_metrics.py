@@ -11,9 +11,12 @@ from evaluation import (
     IoUAccumulator,
     MatchingConfig,
     all_reduce_,
+    format_metrics,
     hungarian_match,
     pair_counts,
     question_mask_pairs,
+    question_targets,
+    teacher_forced_targets,
 )
 
 
@@ -147,12 +150,21 @@ def test_all_reduce_is_a_no_op_without_distributed():
     assert torch.equal(acc.to_tensor(), before)
 
 
+def add_random_questions(acc: IoUAccumulator, preds: torch.Tensor, gts: torch.Tensor) -> None:
+    """Each pair as a teacher-forced question and, again, pairs i and i + 1 as one free-generation question with i % 3 targets."""
+    for targets in teacher_forced_targets(pair_counts(preds, gts)):
+        acc.add_question(targets)
+    for i in range(preds.shape[0] - 1):
+        acc.add_question(question_targets(pair_counts(preds[i : i + 2], gts[i : i + 2]), i % 3))
+
+
 def _all_reduce_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         preds, gts = random_pairs(0, 10)
         acc = IoUAccumulator()
         acc.add(preds[rank::world_size], gts[rank::world_size])
+        add_random_questions(acc, preds[rank::world_size], gts[rank::world_size])
         all_reduce_(acc)
         if rank == 0:
             torch.save(acc.to_tensor(), result_file)
@@ -166,9 +178,13 @@ def test_all_reduce_sums_over_processes(tmp_path):
     preds, gts = random_pairs(0, 10)
     whole = IoUAccumulator()
     whole.add(preds, gts)
+    for rank in range(2):
+        add_random_questions(whole, preds[rank::2], gts[rank::2])
     reduced = IoUAccumulator.from_tensor(torch.load(result_file, weights_only=True))
     assert reduced.num_pairs == 10
     assert torch.allclose(reduced.to_tensor(), whole.to_tensor(), rtol=1e-12, atol=0)
+    assert reduced.summary()["questions"] == 10 + 2 * 4
+    assert reduced.summary() == pytest.approx(whole.summary(), rel=1e-12)
 
 
 def three_targets() -> torch.Tensor:
@@ -286,3 +302,115 @@ def test_matching_accepts_numpy():
     preds = logits_for(gts[[1, 2, 0]])
     expected = [(0, 1), (1, 2), (2, 0)]
     assert hungarian_match(preds.numpy(), gts.numpy()) == hungarian_match(preds, gts) == expected
+
+
+# -- target counts: no-target questions, enumeration, invented targets ------------------------------------------
+def answer(gts: torch.Tensor, pred_logits: torch.Tensor):
+    """The target counts of one free-generation question: predictions [P, H, W] (logits) for GT masks [G, H, W]."""
+    pairs = question_mask_pairs(pred_logits, gts)
+    height, width = gts.shape[-2:]
+    counts = pair_counts(
+        torch.stack([p.pred for p in pairs]) if pairs else torch.zeros(0, height, width, dtype=torch.bool),
+        torch.stack([p.gt for p in pairs]) if pairs else torch.zeros(0, height, width, dtype=torch.uint8),
+        [p.unmatched for p in pairs],
+    )
+    return question_targets(counts, gts.shape[0])
+
+
+NO_GT = torch.zeros(0, 48, 64, dtype=torch.uint8)
+NO_PRED = torch.zeros(0, 48, 64)
+ELSEWHERE = box(48, 64, 40, 46, 2, 10)  # touches none of three_targets()
+
+
+def test_no_target_question_answered_with_nothing():
+    targets = answer(NO_GT, NO_PRED)
+    assert (targets.gt, targets.predicted, targets.invented, targets.counted) == (0, 0, 0, True)
+
+
+def test_no_target_question_answered_with_a_mask_invents_it():
+    targets = answer(NO_GT, logits_for(ELSEWHERE[None]))
+    assert (targets.gt, targets.predicted, targets.invented) == (0, 1, 1)
+
+
+def test_a_seg_group_whose_mask_is_empty_names_no_target():
+    # All logits < 0: the answer wrote a seg group, but its mask is empty after thresholding.
+    targets = answer(NO_GT, torch.full((1, 48, 64), -3.0))
+    assert (targets.predicted, targets.invented) == (0, 0)
+    targets = answer(three_targets()[:1], torch.cat([logits_for(three_targets()[:1]), torch.full((1, 48, 64), -3.0)]))
+    assert (targets.gt, targets.predicted, targets.invented) == (1, 1, 0)
+
+
+def test_under_enumeration():
+    gts = three_targets()
+    targets = answer(gts, logits_for(gts[[2, 0]]))
+    assert (targets.gt, targets.predicted, targets.invented) == (3, 2, 0)
+
+
+def test_over_enumeration_invents_the_extra_target():
+    gts = three_targets()[:2]
+    targets = answer(gts, logits_for(torch.stack([gts[1], ELSEWHERE, gts[0]])))
+    assert (targets.gt, targets.predicted, targets.invented) == (2, 3, 1)
+
+
+def test_a_target_named_in_place_of_a_missed_one_is_invented():
+    # Two targets, two masks: one right, one on nothing. The matching pairs the stray mask with the missed
+    # target (IoU 0): the count is right, and the stray mask counts as invented.
+    gts = three_targets()[:2]
+    targets = answer(gts, logits_for(torch.stack([gts[0], ELSEWHERE])))
+    assert (targets.gt, targets.predicted, targets.invented) == (2, 2, 1)
+    # A mask that touches its target by one pixel is a poor mask, not an invented target.
+    touching = ELSEWHERE.clone()
+    touching[26, 30] = 1  # the corner pixel of target 1
+    assert answer(gts, logits_for(torch.stack([gts[0], touching]))).invented == 0
+
+
+def test_target_metrics_over_questions():
+    gts = three_targets()
+    acc = IoUAccumulator()
+    for targets in (
+        answer(NO_GT, NO_PRED),  # no target, no mask: right
+        answer(NO_GT, logits_for(ELSEWHERE[None])),  # no target, one invented
+        answer(NO_GT, torch.full((1, 48, 64), -3.0)),  # no target, an empty mask: right
+        answer(gts, logits_for(gts[[2, 0]])),  # 3 targets, 2 found
+        answer(gts[:2], logits_for(torch.stack([gts[1], ELSEWHERE, gts[0]]))),  # 2 targets, 3 masks, 1 invented
+        answer(gts[:2], logits_for(gts[:2])),  # right
+    ):
+        acc.add_question(targets)
+    assert acc.no_target_acc == pytest.approx(2 / 3)
+    assert acc.count_acc == pytest.approx(3 / 6)
+    # 1 + 0 + 0 + 2 + 3 + 2 predicted targets, 2 of them invented.
+    assert acc.invented_share == pytest.approx(2 / 8)
+    assert IoUAccumulator().no_target_acc is None and IoUAccumulator().count_acc is None and IoUAccumulator().invented_share is None
+    # Only questions added, no pairs yet: the summary needs pairs for gIoU.
+    acc.add(torch.zeros(1, 48, 64, dtype=torch.bool), NO_GT.new_zeros(1, 48, 64))
+    summary = acc.summary()
+    assert summary["questions"] == 6
+    assert summary["no_target_acc"] == pytest.approx(2 / 3) and summary["count_acc"] == 0.5 and summary["invented_share"] == 0.25
+
+
+def test_teacher_forced_questions_have_no_count_accuracy():
+    # gRefCOCO-style: one mask per expression; a no-target expression scored against an empty mask.
+    target = box(4, 4, 0, 2, 0, 2)
+    empty = torch.zeros(4, 4, dtype=torch.uint8)
+    preds = torch.stack([torch.zeros(4, 4), box(4, 4, 3, 4, 3, 4), box(4, 4, 1, 3, 1, 3), box(4, 4, 3, 4, 0, 1)]).bool()
+    gts = torch.stack([empty, empty, target, target])
+    counts = pair_counts(preds, gts)
+    targets = teacher_forced_targets(counts)
+    assert [(t.gt, t.predicted, t.invented, t.counted) for t in targets] == [
+        (0, 0, 0, False), (0, 1, 1, False), (1, 1, 0, False), (1, 1, 1, False)
+    ]
+    acc = IoUAccumulator()
+    acc.add_counts(counts)
+    for t in targets:
+        acc.add_question(t)
+    assert acc.no_target_acc == acc.n_acc == 0.5
+    assert acc.count_acc is None
+    assert acc.invented_share == pytest.approx(2 / 3)
+    summary = acc.summary()
+    assert "count_acc" not in summary and summary["questions"] == 4
+
+
+def test_format_metrics_shows_what_a_set_defines():
+    assert format_metrics({"giou": 0.5, "ciou": 0.25, "pairs": 3.0}) == "gIoU=0.5000 cIoU=0.2500"
+    line = format_metrics({"giou": 0.5, "ciou": 0.25, "n_acc": 1.0, "no_target_acc": 1.0, "count_acc": 0.75, "invented_share": 0.125})
+    assert line == "gIoU=0.5000 cIoU=0.2500 n_acc=1.0000 no_target_acc=1.0000 count_acc=0.7500 invented_share=0.1250"

@@ -1,14 +1,16 @@
-"""evaluation.evaluate: left padding, batch-size invariance, limit, JSONL output, DataLoader input."""
+"""evaluation.evaluate: left padding, batch-size invariance, limit, JSONL output, DataLoader input, target counts."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_fixtures import synthetic_world
+from data_fixtures import synthetic_world, write_grefcoco
+from forced_answers import ForcedAnswers, answer_ids
 from dataset.validation import build_val_dataset
 from evaluation import EvalOptions, evaluate
 from evaluation.evaluate import left_pad
@@ -26,8 +28,8 @@ def setup(tmp_path_factory):
     processor = PixelLMImageProcessor.from_pretrained(tiny)
     ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
 
-    def val(name: str):
-        return build_val_dataset(name, str(data), tokenizer, processor, ids, model.config.num_image_tokens)
+    def val(name: str, dataset_dir: Path = data):
+        return build_val_dataset(name, str(dataset_dir), tokenizer, processor, ids, model.config.num_image_tokens)
 
     return {"model": model, "tokenizer": tokenizer, "val": val}
 
@@ -76,3 +78,30 @@ def test_training_mode_is_restored(setup):
     evaluate(model, setup["val"]("ReasonSeg|val"), "cpu", EvalOptions(limit=1))
     assert model.training
     model.eval()
+
+
+def test_muse_answers_without_targets(setup):
+    # Every question answered in text only: right exactly for the questions without a target.
+    val = setup["val"]("MultiReasonSeg|val")
+    gt_counts = [len(targets) for i in range(len(val)) for targets in val[i].targets]
+    assert 0 in gt_counts and any(gt_counts), "the synthetic val split should hold questions with and without targets"
+    nothing = answer_ids(setup["tokenizer"], "There is none.")
+    scripts = [[nothing] * len(val[i].targets) for i in range(len(val))]
+    with ForcedAnswers(setup["model"], scripts):
+        result = evaluate(setup["model"], val, "cpu", EvalOptions(max_new_tokens=12))
+    assert result["questions"] == len(gt_counts)
+    assert result["no_target_acc"] == 1.0
+    assert result["count_acc"] == pytest.approx(gt_counts.count(0) / len(gt_counts))
+    assert "invented_share" not in result  # no target was predicted
+    assert result["pairs"] == sum(gt_counts) and result["giou"] == 0.0
+
+
+def test_grefcoco_target_counts_next_to_n_acc(setup, tmp_path):
+    # Teacher-forced: one mask per expression; a two-target expression and a no-target one.
+    write_grefcoco(str(tmp_path))
+    result = evaluate(setup["model"], setup["val"]("grefcoco|unc|val", tmp_path), "cpu", EvalOptions())
+    assert result["questions"] == result["pairs"] == 2
+    assert result["no_target_acc"] == result["n_acc"]
+    assert "count_acc" not in result  # teacher forcing fixes one seg group per expression
+    if result["n_acc"] == 0.0:  # a mask for the expression without a target is an invented target
+        assert result["invented_share"] > 0

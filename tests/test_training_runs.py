@@ -1,8 +1,9 @@
 """Real training runs of a tiny PixelLM on the synthetic world, on the CPU with gloo.
 
 In-process: ZeRO-2 and ZeRO-3 runs through ``training.trainer.train``. Subprocesses (``train_ds.py``,
-``torchrun``, the merge script): two-rank training, SIGKILL + ``--auto_resume`` reproducing an
-uninterrupted run exactly, merge -> load -> identical masks, ``--eval_only`` on the merged folder.
+``torchrun``, the merge script): two-rank training; with ``--deterministic`` on two threads, a second run
+of the same seed and a SIGKILL + ``--auto_resume`` run giving bit-identical weights; merge -> load ->
+identical masks, ``--eval_only`` on the merged folder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 import torch
 
 from data_fixtures import synthetic_world
+from dataset.multi_reason_seg import load_muse
 from dataset.validation import build_val_dataset
+from demo import read_eval
 from model import PixelLMForCausalLM
 from model.tokens import resolve_token_ids
 from training.args import parse_train_args
@@ -45,10 +48,10 @@ def world(tmp_path_factory) -> dict[str, Path]:
     return synthetic_world(tmp_path_factory.mktemp("train_world"), train=16, val=3)
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a child run: offline, one thread, no rendezvous variables of this process."""
+def child_env(threads: int = 1) -> dict[str, str]:
+    """The environment of a child run: offline, ``threads`` intra-op threads, no rendezvous variables of this process."""
     env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
     return env
 
 
@@ -95,26 +98,52 @@ def test_zero_stage_trains_checkpoints_and_merges(world, deepspeed_env, stage, t
 # -- subprocess runs ----------------------------------------------------------------------------------------
 RESUME_FLAGS = [
     "--epochs", "2", "--steps_per_epoch", "4", "--grad_accumulation_steps", "2", "--save_steps", "1", "--warmup_steps", "2",
-    "--lora_dropout", "0.3", "--val_dataset", "ReasonSeg|val", "--val_limit", "2",
+    "--lora_dropout", "0.3", "--val_dataset", "ReasonSeg|val", "--val_limit", "2", "--deterministic",
 ]
+# Without --deterministic, two runs of these flags on two threads differ by up to a few 1e-6 in their weights.
+DETERMINISTIC_THREADS = 2
+
+
+def deterministic_run(world: dict[str, Path], exp: str) -> Path:
+    """An uninterrupted 8-step ``--deterministic`` run on two threads (2 epochs, validation after each)."""
+    proc = subprocess.run(
+        [sys.executable, "train_ds.py", *run_args(world, exp, *RESUME_FLAGS)],
+        cwd=REPO, env=child_env(DETERMINISTIC_THREADS), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"deterministic algorithms on, {DETERMINISTIC_THREADS} intra-op threads" in proc.stderr
+    return world["root"] / "runs" / exp
 
 
 @pytest.fixture(scope="module")
 def reference_run(world) -> Path:
-    """An uninterrupted 8-step run (2 epochs, validation after each)."""
-    proc = subprocess.run(
-        [sys.executable, "train_ds.py", *run_args(world, "reference", *RESUME_FLAGS)],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return world["root"] / "runs" / "reference"
+    return deterministic_run(world, "reference")
+
+
+def assert_bit_identical(run: Path, reference: Path) -> None:
+    """Same checkpoint weights, bit for bit, and the same validation results."""
+    expected = load_state_dict_any(reference / "ckpt_model")
+    got = load_state_dict_any(run / "ckpt_model")
+    assert got.keys() == expected.keys()
+    differing = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+    reference_metrics = json.loads((reference / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [m["global_step"] for m in metrics] == [m["global_step"] for m in reference_metrics] == [4, 8]
+    assert metrics == reference_metrics
+
+
+@pytest.mark.slow
+def test_deterministic_runs_of_one_seed_are_bit_identical(world, reference_run):
+    assert_bit_identical(deterministic_run(world, "again"), reference_run)
 
 
 @pytest.mark.slow
 def test_sigkill_then_auto_resume_reproduces_the_uninterrupted_run(world, reference_run):
     argv = [sys.executable, "train_ds.py", *run_args(world, "killed", *RESUME_FLAGS)]
     ckpt = world["root"] / "runs" / "killed" / "ckpt_model"
-    proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = child_env(DETERMINISTIC_THREADS)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -133,20 +162,12 @@ def test_sigkill_then_auto_resume_reproduces_the_uninterrupted_run(world, refere
     partial.mkdir(exist_ok=True)
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
 
-    resumed = subprocess.run([*argv, "--auto_resume"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([*argv, "--auto_resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {ckpt}/global_step{killed_at} at global step {killed_at}" in resumed.stderr
+    assert "intra-op threads, this run has" not in resumed.stderr
     assert read_latest(ckpt) == "global_step8" and tag_dirs(ckpt) == ["global_step8"]
-
-    expected = load_state_dict_any(reference_run / "ckpt_model")
-    got = load_state_dict_any(ckpt)
-    assert got.keys() == expected.keys()
-    worst = max(float((got[k].float() - expected[k].float()).abs().max()) for k in expected)
-    assert worst <= 1e-6
-    reference_metrics = json.loads((reference_run / "metrics.json").read_text())
-    resumed_metrics = json.loads((ckpt.parent / "metrics.json").read_text())
-    assert [m["global_step"] for m in resumed_metrics] == [m["global_step"] for m in reference_metrics] == [4, 8]
-    assert resumed_metrics[-1]["giou"] == pytest.approx(reference_metrics[-1]["giou"], abs=1e-6)
+    assert_bit_identical(ckpt.parent, reference_run)
 
 
 @pytest.mark.slow
@@ -211,16 +232,29 @@ def test_merge_gives_the_unmerged_masks_and_eval_only_reports_them(world, refere
 
     evaluated = subprocess.run(
         [sys.executable, "train_ds.py", "--eval_only", "--version", str(merged_dir), "--dataset_dir", str(world["data"]),
-         "--val_dataset", "ReasonSeg|val", "--val_limit", "2", "--precision", "fp32", "--workers", "0",
-         "--log_base_dir", str(tmp_path / "runs"), "--exp_name", "eval"],
+         "--val_dataset", "ReasonSeg|val||MultiReasonSeg|val", "--val_limit", "2", "--max_new_tokens", "16", "--precision", "fp32",
+         "--workers", "0", "--log_base_dir", str(tmp_path / "runs"), "--exp_name", "eval"],
         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    last = evaluated.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(r"gIoU=(\d\.\d{4}) cIoU=(\d\.\d{4})", last)
+    reason_line, muse_line, mean_line = evaluated.stdout.strip().splitlines()[-3:]
+    assert re.fullmatch(r"gIoU=\d\.\d{4} cIoU=\d\.\d{4} \(mean of 2 sets\)", mean_line), evaluated.stdout
+    match = re.match(r"ReasonSeg\|val: gIoU=(\d\.\d{4}) cIoU=(\d\.\d{4}) ", reason_line)
     assert match, evaluated.stdout
     trained = json.loads((reference_run / "metrics.json").read_text())[-1]
     assert float(match.group(1)) == pytest.approx(trained["giou"], abs=1e-3)
     assert float(match.group(2)) == pytest.approx(trained["ciou"], abs=1e-3)
     lines = (tmp_path / "runs" / "eval" / "eval" / "ReasonSeg_val_step0.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [0, 1]
+
+    # MUSE: the target counts are printed and written next to gIoU / cIoU, and demo.py reads them.
+    no_target_question = any(not answer for item in load_muse(str(world["data"]), "val")[:2] for answer in item["answers"])
+    assert muse_line.startswith("MultiReasonSeg|val: gIoU=") and "count_acc=" in muse_line
+    assert ("no_target_acc=" in muse_line) == no_target_question
+    records = {r["set"]: r for r in json.loads((tmp_path / "runs" / "eval" / "metrics.json").read_text())}
+    muse = records["MultiReasonSeg|val"]
+    assert muse["questions"] >= 2 and 0.0 <= muse["count_acc"] <= 1.0
+    assert ("no_target_acc" in muse) == no_target_question
+    assert "count_acc" not in records["ReasonSeg|val"]
+    demo_entry = read_eval(tmp_path / "runs" / "eval" / "metrics.json")["MultiReasonSeg|val"]
+    assert demo_entry == {name: muse.get(name) for name in ("giou", "ciou", "no_target_acc", "count_acc", "invented_share")}

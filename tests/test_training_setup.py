@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from model.tiny import build_tiny
 from training.args import TrainArgs, build_parser, parse_train_args
 from training.checkpoint import LATEST, read_latest, resolve_checkpoint, write_text_atomic
+from training.determinism import set_deterministic
 from training.ds_config import build_ds_config
 from training.lora import LoraSettings, prepare_trainable, trainable_summary
 from training.merge import MergeArgs
@@ -90,6 +92,36 @@ def test_ds_config_stage3_cpu_and_fp16():
     with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
         build_ds_config(parse_train_args(["--version", "m", "--precision", "fp16"]), world_size=1, accelerator="cpu")
     assert build_ds_config(parse_train_args(["--version", "m", "--precision", "fp16"]), 1, "cuda")["fp16"]["enabled"] is True
+
+
+def test_set_deterministic_makes_the_indexing_backward_bit_identical(monkeypatch):
+    # The op behind CPU runs that differ: ImageFeatures.select (features[index]) adds the gradients of repeated
+    # indices with atomic adds from several threads; here image 0's rows straddle the split between two threads.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    threads_before = torch.get_num_threads()
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 2, 64, 16, 16, generator=generator, requires_grad=True)  # [images, L, D, g, g]
+    index = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1])
+    weights = torch.randn(8, 2, 64, 16, 16, generator=generator)
+
+    def gradient() -> torch.Tensor:
+        features.grad = None
+        (features[index] * weights).sum().backward()
+        return features.grad.clone()
+
+    torch.set_num_threads(max(2, threads_before))
+    try:
+        assert set_deterministic(torch.device("cpu")) == max(2, threads_before)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        first = gradient()
+        assert all(torch.equal(gradient(), first) for _ in range(20))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.utils.deterministic.fill_uninitialized_memory = fill_before
+        torch.set_num_threads(threads_before)
 
 
 def test_load_base_model_checks_flags_against_the_folder(tiny_dir):

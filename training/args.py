@@ -76,6 +76,7 @@ class TrainArgs:
     ds_config: str = flag("", "base DeepSpeed JSON (default: configs/ds_zero3.json for stage 3, else configs/ds_zero2.json)")
     torch_adam: bool = flag(False, "use torch's AdamW instead of DeepSpeed's fused one (always on with a CPU accelerator)")
     seed: int = flag(0, "seed of the data order, LoRA init and dropout")
+    deterministic: bool = flag(False, "deterministic kernels (PyTorch, cuDNN, cuBLAS) and a fixed thread count: runs of the same seed and thread count give bit-identical weights (without it they differ by float noise)")
     # -- validation -----------------------------------------------------------------------------------
     val_dataset: str = flag("ReasonSeg|val", "'||'-joined validation sets, e.g. 'ReasonSeg|val||refcoco|unc|val||MultiReasonSeg|val'")
     val_batch_size: int = flag(1, "images per validation batch and rank")

@@ -11,7 +11,7 @@ an existing tag overwrites files in place; a kill in either moment leaves nothin
 save goes to a fresh tag with DeepSpeed's ``latest`` turned off, ``latest`` is switched only after
 all ranks finished writing, and the previous tag is deleted only after that switch. Frozen parameters
 are not stored (they come from ``--version``); ``client_state`` records the trainable names, the
-global step, the best gIoU and every rank's RNG states.
+global step, the best gIoU, every rank's RNG states and the intra-op thread count.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class TrainState:
     global_step: int = 0
     best_giou: float = -1.0
     data_signature: dict | None = None
+    num_threads: int | None = None  # intra-op threads of the run that wrote the checkpoint (None: not recorded)
     rng: dict | None = None  # this rank's RNG states from a checkpoint, applied just before training resumes
 
     def restore_rng(self) -> None:
@@ -121,6 +122,7 @@ class TrainState:
             "best_giou": self.best_giou,
             "data_signature": self.data_signature,
             "trainable": trainable,
+            "num_threads": torch.get_num_threads(),
             "rng": all_gather_objects(rng_state()),
         }
 
@@ -186,6 +188,7 @@ def load_checkpoint(engine, path: str | os.PathLike, trainable: list[str], dist:
         global_step=int(client_state["global_step"]),
         best_giou=float(client_state["best_giou"]),
         data_signature=client_state.get("data_signature"),
+        num_threads=client_state.get("num_threads"),
     )
     if engine.global_steps != state.global_step:
         raise RuntimeError(f"{ckpt_dir / tag}: DeepSpeed restored step {engine.global_steps} but the run state says {state.global_step}")

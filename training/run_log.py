@@ -1,8 +1,9 @@
 """What a run records on rank 0: TensorBoard scalars in ``<run>/`` and validation results in ``<run>/metrics.json``.
 
 TensorBoard tags: ``train/loss``, ``train/ce_loss``, ``train/bce_loss``, ``train/dice_loss``,
-``train/refine_loss``, ``train/lr``, ``train/step_time``, ``val/<set>/giou``, ``val/<set>/ciou`` where
-``<set>`` is the ``--val_dataset`` entry with ``|`` written as ``_`` (``ReasonSeg_val``).
+``train/refine_loss``, ``train/lr``, ``train/step_time``, ``val/<set>/giou``, ``val/<set>/ciou`` and, where
+the set defines them, ``val/<set>/no_target_acc``, ``val/<set>/count_acc``, ``val/<set>/invented_share``,
+where ``<set>`` is the ``--val_dataset`` entry with ``|`` written as ``_`` (``ReasonSeg_val``).
 ``metrics.json`` is a list of records ``{"epoch", "global_step", "set", "giou", "ciou", ...}``, rewritten
 atomically after every validation.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+from evaluation.metrics import TARGET_METRICS
 
 from .checkpoint import write_text_atomic
 
@@ -53,7 +56,8 @@ class RunLog:
         if not self.active:
             return
         tag = set_tag(name)
-        self.scalars({f"val/{tag}/giou": result["giou"], f"val/{tag}/ciou": result["ciou"]}, global_step)
+        names = ("giou", "ciou", *TARGET_METRICS)
+        self.scalars({f"val/{tag}/{name}": result[name] for name in names if result.get(name) is not None}, global_step)
         record = {"epoch": epoch, "global_step": global_step, "set": name, **result}
         self.metrics = [m for m in self.metrics if not (m["set"] == name and m["global_step"] == global_step)]
         self.metrics.append(record)

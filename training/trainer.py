@@ -1,6 +1,6 @@
 """The training run behind ``train_ds.py``: build order, the epoch loop, validation, checkpoints.
 
-Build order: process group -> seed -> base model (``load_base_model``) -> LoRA and trainable groups ->
+Build order: process group -> deterministic kernels (``--deterministic``) -> seed -> base model (``load_base_model``) -> LoRA and trainable groups ->
 optional ``--weight`` -> DeepSpeed engine -> resume -> data. Each epoch runs ``steps_per_epoch``
 optimizer steps of ``grad_accumulation_steps`` micro-batches, then validates every ``--val_dataset``,
 checkpoints to ``<run>/ckpt_model`` and, when the mean gIoU improved (or with ``--no_eval``), to
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dataset.collate import Collator
 from dataset.skips import report_skips
 from evaluation.evaluate import EvalOptions, evaluate
+from evaluation.metrics import format_metrics
 from model import PixelLMForCausalLM
 from model.modeling_pixellm import model_inputs
 from model.tokens import resolve_token_ids
@@ -28,6 +29,7 @@ from model.tokens import resolve_token_ids
 from .args import TrainArgs
 from .checkpoint import CKPT_DIR, TrainState, load_checkpoint, read_latest, save_best, save_checkpoint
 from .data import build_train_dataset, build_train_loader, build_val_sets
+from .determinism import set_deterministic
 from .distributed import DistInfo, init_distributed, seed_everything
 from .ds_config import build_ds_config
 from .lora import LoraSettings, base_model_of, format_trainable, prepare_trainable, trainable_summary
@@ -114,7 +116,7 @@ def validate(model, val_sets: dict, args: TrainArgs, dist: DistInfo, tokenizer, 
         results[name] = result
         log.validation(name, result, epoch, global_step)
         if dist.is_main:
-            logger.info("%s at step %d: gIoU=%.4f cIoU=%.4f over %d pairs", name, global_step, result["giou"], result["ciou"], int(result["pairs"]))
+            logger.info("%s at step %d: %s over %d pairs", name, global_step, format_metrics(result), int(result["pairs"]))
         report_skips(val_set.skip_counter, logger.info if dist.is_main else logger.debug)
     return results
 
@@ -136,7 +138,7 @@ def run_eval_only(args: TrainArgs, dist: DistInfo) -> dict[str, dict]:
         log.close()
     if dist.is_main:
         for name, result in results.items():
-            print(f"{name}: gIoU={result['giou']:.4f} cIoU={result['ciou']:.4f} ({int(result['items'])} images, {int(result['pairs'])} pairs)")
+            print(f"{name}: {format_metrics(result)} ({int(result['items'])} images, {int(result['pairs'])} pairs)")
         mean_c = sum(r["ciou"] for r in results.values()) / len(results)
         suffix = f" (mean of {len(results)} sets)" if len(results) > 1 else ""
         print(f"gIoU={mean_giou(results):.4f} cIoU={mean_c:.4f}{suffix}", flush=True)
@@ -189,6 +191,11 @@ def resume_state(args: TrainArgs, engine, trainable: list[str], dist: DistInfo) 
             logger.info("--auto_resume: no checkpoint in %s/%s yet, starting fresh", args.run_dir, CKPT_DIR)
         return TrainState(data_signature=signature)
     state = load_checkpoint(engine, path, trainable, dist)
+    if args.deterministic and state.num_threads not in (None, torch.get_num_threads()):
+        logger.warning(
+            "%s was written with %d intra-op threads, this run has %d: sums split differently, so the result will not be "
+            "bit-identical to an unbroken run; resume with OMP_NUM_THREADS=%d", path, state.num_threads, torch.get_num_threads(), state.num_threads,
+        )
     if state.data_signature != signature:
         logger.warning("resuming with other data settings (%s -> %s): the sample order differs from the original run", state.data_signature, signature)
         state.data_signature = signature
@@ -199,6 +206,8 @@ def train(args: TrainArgs) -> dict:
     """Run ``train_ds.py``: returns {"global_step", "best_giou", "last": {set: result}}."""
     dist = init_distributed(args.local_rank)
     setup_logging(dist.rank)
+    if args.deterministic:
+        set_deterministic(dist.device)
     if dist.is_main:
         logger.info("%d rank(s) on %s, backend %s", dist.world_size, dist.device, torch_dist.get_backend())
         logger.info("arguments: %s", dataclasses.asdict(args))
