@@ -20,7 +20,7 @@ test: install
 	HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
 demo: install
-	$(PY) demo.py
+	$(PY) -m demo
 
 bench: install
 	@failed=""; \

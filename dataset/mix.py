@@ -7,7 +7,7 @@ sample index s therefore reproduces the run exactly (see ``dataset.sampler.Globa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -26,24 +26,28 @@ from .vqa import vqa_dataset
 DATA_TYPES = ("sem_seg", "refer_seg", "vqa", "reason_seg", "multi_reason_seg")
 
 
+def _flag(default, help: str):
+    """A field that ``training.cli`` turns into a command-line flag."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataArgs:
     """Data flags, named as in the original ``train_ds.py`` (lists joined with ``||``)."""
 
-    dataset_dir: str = "./dataset"
-    dataset: str = "sem_seg||refer_seg||vqa||reason_seg"
-    sample_rates: str = "9,3,3,1"
-    sem_seg_data: str = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary"
-    refer_seg_data: str = "refclef||refcoco||refcoco+||refcocog"
-    vqa_data: str = "llava_instruct_150k"
-    reason_seg_data: str = "ReasonSeg|train"
-    multi_reason_seg_data: str = "MultiReasonSeg|train"
-    num_classes_per_sample: int = 3
-    num_classes_per_question: int = 1
-    use_expand_question_list: bool = False
-    explanatory: float = 0.1
-    seed: int = 0
-    samples_per_epoch: int = 10000
+    dataset_dir: str = _flag("./dataset", "root folder of all datasets")
+    dataset: str = _flag("sem_seg||refer_seg||vqa||reason_seg", "'||'-joined data types of the training mixture")
+    sample_rates: str = _flag("9,3,3,1", "comma-separated sampling weights, one per --dataset entry")
+    sem_seg_data: str = _flag("ade20k||cocostuff||pascal_part||paco_lvis||mapillary", "'||'-joined semantic segmentation sets")
+    refer_seg_data: str = _flag("refclef||refcoco||refcoco+||refcocog", "'||'-joined referring segmentation sets")
+    vqa_data: str = _flag("llava_instruct_150k", "'||'-joined VQA sets")
+    reason_seg_data: str = _flag("ReasonSeg|train", "ReasonSeg split(s), e.g. 'ReasonSeg|train'")
+    multi_reason_seg_data: str = _flag("MultiReasonSeg|train", "MUSE split(s), e.g. 'MultiReasonSeg|train'")
+    num_classes_per_sample: int = _flag(3, "maximum questions per image")
+    num_classes_per_question: int = _flag(1, "maximum targets per question (sem_seg, refer_seg)")
+    use_expand_question_list: bool = _flag(False, "use the expanded question templates")
+    explanatory: float = _flag(0.1, "probability of an explanatory ReasonSeg answer")
+    seed: int = _flag(0, "seed of the sample order (and of the run: LoRA init, dropout)")
 
     def kinds(self) -> list[str]:
         kinds = [k for k in self.dataset.split("||") if k]
@@ -79,19 +83,13 @@ class DataArgs:
 class HybridDataset(Dataset):
     """The mixed training set; ``len`` is ``samples_per_epoch``, any index >= 0 is valid."""
 
-    def __init__(self, args: DataArgs, processor: PixelLMImageProcessor, num_seg_tokens: int) -> None:
+    def __init__(self, args: DataArgs, processor: PixelLMImageProcessor, num_seg_tokens: int, samples_per_epoch: int = 10000) -> None:
         self.args = args
+        self.samples_per_epoch = samples_per_epoch
         self.kinds = args.kinds()
         self.probabilities = args.rates()
         self.skip_counter = SkipCounter(args.source_names())
-        ctx = DataContext(
-            processor=processor,
-            num_seg_tokens=num_seg_tokens,
-            num_classes_per_sample=args.num_classes_per_sample,
-            num_classes_per_question=args.num_classes_per_question,
-            use_expand_question_list=args.use_expand_question_list,
-            explanatory=args.explanatory,
-        )
+        ctx = DataContext(processor=processor, num_seg_tokens=num_seg_tokens, args=args)
         self.ctx = ctx
         self.datasets: list[TypeDataset] = [self._build(kind, ctx) for kind in self.kinds]
 
@@ -108,7 +106,7 @@ class HybridDataset(Dataset):
         return multi_reason_seg_dataset(a.dataset_dir, a.multi_reason_seg_data, ctx, c)
 
     def __len__(self) -> int:
-        return self.args.samples_per_epoch
+        return self.samples_per_epoch
 
     def _rng(self, index: int) -> np.random.Generator:
         if index < 0:

@@ -87,14 +87,14 @@ class ReasonSegSource:
         image = read_rgb(path)
         height, width = image.shape[:2]
         mask = reason_mask(data, height, width, path)
-        texts = choose(rng, [t for t in data["text"] if str(t).strip()], self.ctx.num_classes_per_sample)
+        texts = choose(rng, [t for t in data["text"] if str(t).strip()], self.ctx.args.num_classes_per_sample)
         if not texts:
             raise SkipItem("bad_annotation", f"{path}: no query text")
         templates = self.ctx.templates
         explanation = self.explanations.get(os.path.basename(path))
         mode = "plain"
         if explanation is not None:
-            mode = "text_only" if rng.random() < self.ctx.explanatory else ("explain" if rng.random() < 0.5 else "plain")
+            mode = "text_only" if rng.random() < self.ctx.args.explanatory else ("explain" if rng.random() < 0.5 else "plain")
         conversations, targets, masks = [], [], []
         for text in texts:
             text = str(text).strip()

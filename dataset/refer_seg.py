@@ -58,7 +58,7 @@ class ReferSource:
         masks = [expression_mask(self.data, e, image, self.allow_empty) for e in exprs]
         names = [e.sentence for e in exprs]
         conversations, groups = target_conversations(
-            names, self.ctx.seg, self.ctx.templates, rng, self.ctx.num_classes_per_sample, self.ctx.num_classes_per_question
+            names, self.ctx.seg, self.ctx.templates, rng, self.ctx.args.num_classes_per_sample, self.ctx.args.num_classes_per_question
         )
         targets = [[names[i] for i in g] for g in groups]
         ordered = np.stack([masks[i] for g in groups for i in g])

@@ -54,7 +54,7 @@ def cocostuff_class_names() -> list[str]:
 def build_conversations(names: list[str], masks: list[np.ndarray], ctx: DataContext, rng: np.random.Generator):
     """Questions over ``names`` (already sampled) and the masks in seg-group order."""
     conversations, groups = target_conversations(
-        names, ctx.seg, ctx.templates, rng, ctx.num_classes_per_sample, ctx.num_classes_per_question
+        names, ctx.seg, ctx.templates, rng, ctx.args.num_classes_per_sample, ctx.args.num_classes_per_question
     )
     targets = [[names[i] for i in g] for g in groups]
     ordered = [masks[i] for g in groups for i in g]

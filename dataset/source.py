@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -16,27 +16,27 @@ from .sample import Sample
 from .skips import SkipCounter
 from .templates import Templates, load_templates
 
+if TYPE_CHECKING:
+    from .mix import DataArgs
+
 
 @dataclass
 class DataContext:
-    """Settings every loader needs to build a sample."""
+    """What every loader needs to build a sample: the processor, K, and the data flags (``dataset.mix.DataArgs``)."""
 
     processor: PixelLMImageProcessor
     num_seg_tokens: int
-    num_classes_per_sample: int = 3
-    num_classes_per_question: int = 1
-    use_expand_question_list: bool = False
-    explanatory: float = 0.1
+    args: DataArgs
 
     def __post_init__(self) -> None:
-        if self.num_classes_per_sample < 1 or self.num_classes_per_question < 1:
-            raise ValueError("num_classes_per_sample and num_classes_per_question must be >= 1")
-        self.templates: Templates = load_templates(self.use_expand_question_list)
+        if self.args.num_classes_per_sample < 1 or self.args.num_classes_per_question < 1:
+            raise ValueError("--num_classes_per_sample and --num_classes_per_question must be >= 1")
+        self.templates: Templates = load_templates(self.args.use_expand_question_list)
         self.seg: str = seg_group_text(self.num_seg_tokens)
 
     @property
     def max_targets(self) -> int:
-        return self.num_classes_per_sample * self.num_classes_per_question
+        return self.args.num_classes_per_sample * self.args.num_classes_per_question
 
 
 class Source(Protocol):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from model.conversation import IGNORE_INDEX
-from model.modeling_pixellm import model_inputs
+from model.modeling_pixellm import base_model_of, model_inputs
 
 from .matching import MatchingConfig, question_mask_pairs
 from .metrics import IoUAccumulator, PairCounts, QuestionTargets, all_reduce_, pair_counts, question_targets, teacher_forced_targets
@@ -57,13 +57,6 @@ class EvalOptions:
     workers: int = 0
     desc: str = "eval"
     matching: MatchingConfig = field(default_factory=MatchingConfig)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The PixelLMForCausalLM inside a DeepSpeed engine and/or a peft model (LoRA layers stay in place)."""
-    inner = getattr(model, "module", model)
-    get_base = getattr(inner, "get_base_model", None)
-    return get_base() if callable(get_base) else inner
 
 
 def _world() -> tuple[int, int]:
@@ -181,7 +174,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device 
     """
     options = options or EvalOptions()
     device = torch.device(device)
-    net = _unwrap(model)
+    net = base_model_of(model)
     dtype = next(net.parameters()).dtype
     pad_id = net.config.text_config.pad_token_id
     pad_id = 0 if pad_id is None else pad_id

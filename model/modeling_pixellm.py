@@ -39,6 +39,19 @@ def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return out
 
 
+def base_model_of(model: nn.Module) -> "PixelLMForCausalLM":
+    """The PixelLMForCausalLM inside a DeepSpeed engine and/or a peft PeftModel (LoRA layers stay in place), or
+    ``model`` itself."""
+    from peft import PeftModel
+
+    inner = getattr(model, "module", model)
+    if isinstance(inner, PeftModel):
+        inner = inner.get_base_model()
+    if not isinstance(inner, PixelLMForCausalLM):
+        raise TypeError(f"expected a PixelLMForCausalLM (possibly wrapped), got {type(inner).__name__}")
+    return inner
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """attention_mask [Q, T] -> position ids [Q, T]: 0, 1, 2, ... from each row's first attended token.
 

@@ -27,10 +27,10 @@ def tree(tmp_path_factory):
     return root
 
 
-def mixed(root, seed=0, **kw) -> HybridDataset:
+def mixed(root, seed=0, samples_per_epoch=10000) -> HybridDataset:
     args = DataArgs(dataset_dir=str(root), dataset="sem_seg||refer_seg||vqa||multi_reason_seg", sample_rates="2,9,2,4",
-                    sem_seg_data="ade20k", refer_seg_data="refcoco", seed=seed, **kw)
-    return HybridDataset(args, PROC, num_seg_tokens=2)
+                    sem_seg_data="ade20k", refer_seg_data="refcoco", seed=seed)
+    return HybridDataset(args, PROC, num_seg_tokens=2, samples_per_epoch=samples_per_epoch)
 
 
 def test_mix_proportions_within_three_sigma(tree):
@@ -75,8 +75,7 @@ def test_skip_counts_reach_the_main_process_from_workers(tmp_path):
     # an extra item whose first question has one {seg} for two answers
     bad = dict(items[0], text_answers=["Only one {seg} here.", "The long blue box {seg}."])
     fx.write_json(str(path), items + [bad])
-    ds = HybridDataset(DataArgs(dataset_dir=str(tmp_path), dataset="multi_reason_seg", sample_rates="1",
-                                samples_per_epoch=16), PROC, 2)
+    ds = HybridDataset(DataArgs(dataset_dir=str(tmp_path), dataset="multi_reason_seg", sample_rates="1"), PROC, 2, samples_per_epoch=16)
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=lambda xs: len(xs))
     assert sum(loader) == 16
     counts = report_skips(ds.skip_counter, log=lambda msg: None)

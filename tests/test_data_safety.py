@@ -39,8 +39,8 @@ def test_plain_pickle_refuses_objects(tmp_path, payload):
         load_plain_pickle(str(path))
 
 
-def make(root, kind, **kw):
-    return HybridDataset(DataArgs(dataset_dir=str(root), dataset=kind, sample_rates="1", **kw), PROC, 2)
+def make(root, kind, samples_per_epoch=10000, **kw):
+    return HybridDataset(DataArgs(dataset_dir=str(root), dataset=kind, sample_rates="1", **kw), PROC, 2, samples_per_epoch)
 
 
 @pytest.mark.parametrize("kind,flags,needle", [

@@ -85,8 +85,8 @@ def colour_of(name: str) -> str | None:
 def test_mixed_loader_over_the_world(world):
     out, tokenizer, ids = world
     args = DataArgs(dataset_dir=str(out), dataset=ALL, sample_rates="1,1,1,1,1", sem_seg_data="ade20k",
-                    refer_seg_data="refcoco", num_classes_per_question=3, samples_per_epoch=24, seed=4)
-    ds = HybridDataset(args, PROC, ids.num_seg_tokens)
+                    refer_seg_data="refcoco", num_classes_per_question=3, seed=4)
+    ds = HybridDataset(args, PROC, ids.num_seg_tokens, samples_per_epoch=24)
     loader = DataLoader(ds, batch_size=4, sampler=GlobalIndexSampler(24), num_workers=2,
                         collate_fn=Collator(tokenizer, ids, 16, 512))
     checked = 0

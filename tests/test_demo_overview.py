@@ -11,7 +11,8 @@ import pytest
 from data_fixtures import REPO
 from dataset.image_io import read_rgb
 from dataset.multi_reason_seg import load_muse, muse_image_path, question_masks, target_name
-from demo import first_question_with_targets, write_overview
+from demo.plots import write_overview
+from demo.recipe import first_question_with_targets
 from serving.export import ExportTarget, save_answer
 
 

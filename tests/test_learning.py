@@ -23,7 +23,7 @@ from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids
 from training.args import parse_train_args
-from training.segmentation_pretraining import PretrainArgs, pretrain_segmentation
+from demo.segmentation_pretraining import PretrainArgs, pretrain_segmentation
 
 REPO = Path(__file__).resolve().parent.parent
 REFER_VAL = "refcoco|unc|val"
@@ -47,7 +47,8 @@ def test_pretraining_then_train_ds_beats_untrained_and_every_object(tmp_path, de
     data, tiny = world["data"], world["tiny"]
     pretrained = tmp_path / "pretrained"
     pretrain_segmentation(PretrainArgs(version=str(tiny), dataset_dir=str(data), out=str(pretrained), dataset="sem_seg||refer_seg",
-                                       sample_rates="1,3", vision_steps=500, steps=600, device="cpu"))
+                                       sample_rates="1,3", sem_seg_data="ade20k", refer_seg_data="refcoco", vision_steps=500, steps=600,
+                                       batch_size=8, lr=1e-3, warmup_steps=50, precision="fp32", workers=0, device="cpu"))
     argv = [
         "--version", str(pretrained), "--dataset_dir", str(data), "--log_base_dir", str(tmp_path / "runs"), "--exp_name", "learn",
         "--dataset", "refer_seg||multi_reason_seg", "--sample_rates", "2,1", "--refer_seg_data", "refcoco",
@@ -59,8 +60,7 @@ def test_pretraining_then_train_ds_beats_untrained_and_every_object(tmp_path, de
     ckpt = tmp_path / "runs" / "learn" / "ckpt_model"
     merged = tmp_path / "merged"
     subprocess.run(
-        [sys.executable, "merge_lora_weights_and_save_hf_model.py", "--version", str(pretrained), "--weight", str(ckpt),
-         "--save_path", str(merged), "--lora_r", "0", "--train_llm", "--freeze_pixel_decoder", "--precision", "fp32"],
+        [sys.executable, "merge_lora_weights_and_save_hf_model.py", "--weight", str(ckpt), "--save_path", str(merged), "--precision", "fp32"],
         cwd=REPO, check=True, capture_output=True,
     )
 

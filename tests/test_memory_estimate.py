@@ -10,7 +10,7 @@ import pytest
 
 from bench.memory_estimate import ModelShape, TrainingSetup, estimate, model_shape, run
 from model import PixelLMConfig, PixelLMForCausalLM
-from training.lora import LoraSettings, prepare_trainable, trainable_summary
+from training.freeze_policy import TrainScope, prepare_trainable, trainable_summary
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
@@ -86,7 +86,7 @@ def test_counts_match_the_tiny_model_as_training_prepares_it():
     shape = model_shape(config, TrainingSetup(lora_r=8))
     resized = copy.deepcopy(preset)
     resized["text_config"]["vocab_size"] = shape.vocab  # the tokenizer's seg and image tokens
-    model = prepare_trainable(PixelLMForCausalLM(PixelLMConfig(**resized)), LoraSettings(r=8))
+    model = prepare_trainable(PixelLMForCausalLM(PixelLMConfig(**resized)), TrainScope(lora_r=8))
     trainable, total = trainable_summary(model)["total"]
     assert (shape.trainable, shape.params) == (trainable, total)
 

@@ -13,7 +13,7 @@ from data_fixtures import synthetic_world
 from dataset.mix import DataArgs, HybridDataset
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.tokenization import load_tokenizer
-from training.segmentation_pretraining import (
+from demo.segmentation_pretraining import (
     PretrainArgs,
     collate_samples,
     mask_loss,
@@ -67,8 +67,9 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
 
     out = world["root"] / "pretrained"
     log_dir = world["root"] / "pretrain_log"
-    args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(out), vision_steps=10, steps=25,
-                        batch_size=4, warmup_steps=5, device="cpu", log_dir=str(log_dir))
+    args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(out), dataset="sem_seg",
+                        sample_rates="1", sem_seg_data="ade20k", vision_steps=10, steps=25, batch_size=4, lr=1e-3, warmup_steps=5,
+                        precision="fp32", workers=0, device="cpu", log_dir=str(log_dir))
     result = pretrain_segmentation(args)
     assert result["steps"] == 35 and result["out"] == str(out)
     assert 0.0 <= result["vision_patch_accuracy"] <= 1.0
@@ -155,6 +156,12 @@ def test_patch_class_loss_learns_to_tell_classes_apart(world):
 
 
 def test_cli_flags_keep_the_dataclass_defaults():
-    args = parse_args(["--version", "v", "--dataset_dir", "d", "--out", "o", "--steps", "7"])
+    args = parse_args(["--version", "v", "--dataset_dir", "d", "--out", "o", "--steps", "7", "--sem_seg_data", "ade20k"])
     assert args.steps == 7 and args.sem_seg_data == "ade20k" and args.lr == PretrainArgs().lr
     assert args.seg_token_num is None
+
+
+def test_only_named_targets_can_prompt():
+    args = parse_args(["--version", "v", "--dataset_dir", "d", "--out", "o", "--dataset", "sem_seg||vqa", "--sample_rates", "1,1"])
+    with pytest.raises(ValueError, match="reads target names of .*sem_seg.*refer_seg.* not \\['vqa'\\]"):
+        args.validate()

@@ -23,16 +23,15 @@ import torch
 from data_fixtures import synthetic_world
 from dataset.multi_reason_seg import load_muse
 from dataset.validation import build_val_dataset
-from demo import read_eval
+from demo.recipe import read_eval
 from model import PixelLMForCausalLM
 from model.tokens import resolve_token_ids
-from training.args import parse_train_args
+from training.args import ModelArgs, parse_train_args
 from training.checkpoint import LATEST, read_latest
 from training.distributed import RENDEZVOUS_VARS, free_port
-from training.lora import LoraSettings, prepare_trainable
-from training.merge import MergeArgs, load_trained_weights, merge_lora_checkpoint
-from training.model_setup import load_base_model
-from training.weights import load_state_dict_any
+from training.freeze_policy import TrainScope, prepare_trainable
+from training.merge import MergeArgs, merge_lora_checkpoint
+from training.weights import load_state_dict_any, load_trained_weights
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_FLAGS = [
@@ -88,7 +87,8 @@ def test_zero_stage_trains_checkpoints_and_merges(world, deepspeed_env, stage, t
     key = "base_model.model.pixel_decoder." + next(n for n, _ in base.pixel_decoder.named_parameters())
     assert not torch.equal(trained[key], dict(base.named_parameters())[key.removeprefix("base_model.model.")])
 
-    out = merge_lora_checkpoint(MergeArgs(version=str(world["tiny"]), weight=str(ckpt), save_path=str(tmp_path / "merged"), precision="fp32"))
+    # The checkpoint carries the run's settings: the merge needs nothing else.
+    out = merge_lora_checkpoint(MergeArgs(weight=str(ckpt), save_path=str(tmp_path / "merged"), precision="fp32"))
     merged = PixelLMForCausalLM.from_pretrained(out)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     frozen_clip = dict(base.vision_tower.named_parameters())
@@ -196,16 +196,15 @@ def test_two_process_training_with_torchrun(world):
 def test_merge_gives_the_unmerged_masks_and_eval_only_reports_them(world, reference_run, tmp_path):
     merged_dir = tmp_path / "merged"
     proc = subprocess.run(
-        [sys.executable, "merge_lora_weights_and_save_hf_model.py", "--version", str(world["tiny"]),
+        [sys.executable, "merge_lora_weights_and_save_hf_model.py",
          "--weight", str(reference_run / "ckpt_model"), "--save_path", str(merged_dir), "--precision", "fp32"],
         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in merged_dir.iterdir()}
 
-    flags = parse_train_args(["--version", str(world["tiny"]), "--precision", "fp32"])
-    base, tokenizer, processor = load_base_model(flags)
-    unmerged = prepare_trainable(base, LoraSettings())
+    base, tokenizer, processor = ModelArgs(version=str(world["tiny"])).load(torch.float32)
+    unmerged = prepare_trainable(base, TrainScope())
     load_trained_weights(unmerged, load_state_dict_any(reference_run / "ckpt_model"), "reference")
     unmerged.eval()
     merged = PixelLMForCausalLM.from_pretrained(merged_dir).eval()
@@ -247,7 +246,7 @@ def test_merge_gives_the_unmerged_masks_and_eval_only_reports_them(world, refere
     lines = (tmp_path / "runs" / "eval" / "eval" / "ReasonSeg_val_step0.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [0, 1]
 
-    # MUSE: the target counts are printed and written next to gIoU / cIoU, and demo.py reads them.
+    # MUSE: the target counts are printed and written next to gIoU / cIoU, and the demo reads them.
     no_target_question = any(not answer for item in load_muse(str(world["data"]), "val")[:2] for answer in item["answers"])
     assert muse_line.startswith("MultiReasonSeg|val: gIoU=") and "count_acc=" in muse_line
     assert ("no_target_acc=" in muse_line) == no_target_question

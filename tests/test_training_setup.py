@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.precision import dtype_of
 from model.tiny import build_tiny
-from training.args import TrainArgs, build_parser, parse_train_args
+from training.args import ModelArgs, TrainArgs, parse_train_args
 from training.checkpoint import LATEST, read_latest, resolve_checkpoint, write_text_atomic
 from training.determinism import set_deterministic
 from training.ds_config import build_ds_config
-from training.lora import LoraSettings, prepare_trainable, trainable_summary
-from training.merge import MergeArgs
-from training.model_setup import load_base_model
+from training.freeze_policy import TrainScope, prepare_trainable, trainable_summary
+from training.merge import build_merge_parser
+from training.cli import build_parser
 from training.run_log import RunLog
+from training.run_settings import resolve_settings, settings_record
 
 ORIGINAL_FLAGS = (
     "--version --vision-tower --dataset_dir --dataset --sample_rates --sem_seg_data --refer_seg_data --vqa_data "
@@ -40,15 +42,19 @@ def args_for(version: str | Path, *extra: str) -> TrainArgs:
     return parse_train_args(["--version", str(version), "--precision", "fp32", *extra])
 
 
+def load_model(args: TrainArgs):
+    return args.load(dtype_of(args.precision))
+
+
 def test_parser_has_every_original_flag():
-    options = set(build_parser()._option_string_actions)
+    options = set(build_parser(TrainArgs, "train")._option_string_actions)
     assert [f for f in ORIGINAL_FLAGS if f not in options] == []
 
 
 def test_parse_values_and_launcher_local_rank():
     args = parse_train_args(["--version", "m", "--vision-tower", "clip", "--zero_stage", "3", "--local_rank=1", "--torch_adam"])
     assert (args.vision_tower, args.zero_stage, args.local_rank, args.torch_adam) == ("clip", 3, 1, True)
-    assert args.lora_targets == ["q_proj", "v_proj"]
+    assert args.lora_targets == ("q_proj", "v_proj")
     assert args.run_dir.endswith("runs/pixellm")
 
 
@@ -125,29 +131,29 @@ def test_set_deterministic_makes_the_indexing_backward_bit_identical(monkeypatch
 
 
 def test_load_base_model_checks_flags_against_the_folder(tiny_dir):
-    model, tokenizer, processor = load_base_model(args_for(tiny_dir, "--dice_loss_weight", "0.25"))
+    model, tokenizer, processor = load_model(args_for(tiny_dir, "--dice_loss_weight", "0.25"))
     assert model.config.dice_loss_weight == 0.25 and model.config.bce_loss_weight == 2.0
     assert processor.image_size == model.config.image_size
     with pytest.raises(ValueError, match="seg_token_num=2 was asked for, but .*config.json has seg_token_num=3"):
-        load_base_model(args_for(tiny_dir, "--seg_token_num", "2"))
+        load_model(args_for(tiny_dir, "--seg_token_num", "2"))
     with pytest.raises(FileNotFoundError, match="config.json not found: expected a model folder"):
-        load_base_model(args_for(tiny_dir / "missing"))
+        load_model(args_for(tiny_dir / "missing"))
 
 
 def test_load_base_model_refuses_a_tokenizer_with_another_k(tiny_dir, tmp_path):
-    model, tokenizer, _ = load_base_model(args_for(tiny_dir))
+    model, tokenizer, _ = load_model(args_for(tiny_dir))
     tokenizer.add_tokens(["[SEG6]"], special_tokens=True)
     folder = tmp_path / "bad"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text((tiny_dir / "preprocessor_config.json").read_text())
     with pytest.raises(ValueError, match="more seg tokens than K = 6"):
-        load_base_model(args_for(folder))
+        load_model(args_for(folder))
 
 
 def test_lora_only_inside_the_llm_and_trainable_groups(tiny_dir):
-    model, _, _ = load_base_model(args_for(tiny_dir))
-    wrapped = prepare_trainable(model, LoraSettings())
+    model, _, _ = load_model(args_for(tiny_dir))
+    wrapped = prepare_trainable(model, TrainScope())
     lora = [n for n, _ in wrapped.named_parameters() if "lora_" in n]
     # CLIP also has q_proj/v_proj layers: they must not get LoRA.
     assert lora and all(".language_model." in n for n in lora)
@@ -159,30 +165,30 @@ def test_lora_only_inside_the_llm_and_trainable_groups(tiny_dir):
     assert summary["vision_tower"][0] == 0 and summary["language_model"][0] == 0
     assert summary["total"][0] == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
-    model2, _, _ = load_base_model(args_for(tiny_dir))
-    with_clip = prepare_trainable(model2, LoraSettings(r=0, train_vision_tower=True))
+    model2, _, _ = load_model(args_for(tiny_dir))
+    with_clip = prepare_trainable(model2, TrainScope(lora_r=0, train_vision_tower=True))
     summary2 = trainable_summary(with_clip)
     assert "lora" not in summary2 and summary2["vision_tower"][0] == summary2["vision_tower"][1] > 0
 
 
 def test_train_llm_and_freeze_pixel_decoder(tiny_dir):
-    model, _, _ = load_base_model(args_for(tiny_dir))
-    summary = trainable_summary(prepare_trainable(model, LoraSettings(r=0, train_llm=True, freeze_pixel_decoder=True)))
+    model, _, _ = load_model(args_for(tiny_dir))
+    summary = trainable_summary(prepare_trainable(model, TrainScope(lora_r=0, train_llm=True, freeze_pixel_decoder=True)))
     assert summary["language_model"][0] == summary["language_model"][1] > 0
     for group in ("out_mm_projector", "image_feature_neck", "pixel_decoder", "vision_tower"):
         assert summary[group][0] == 0, group
     for group in ("mm_projector", "seg_codebook", "embed_tokens", "lm_head"):
         assert summary[group][0] == summary[group][1] > 0, group
-    with pytest.raises(ValueError, match="excludes LoRA"):
-        prepare_trainable(load_base_model(args_for(tiny_dir))[0], LoraSettings(r=8, train_llm=True))
+    with pytest.raises(ValueError, match="--train_llm trains the whole LLM"):
+        prepare_trainable(load_model(args_for(tiny_dir))[0], TrainScope(lora_r=8, train_llm=True))
     with pytest.raises(ValueError, match="--lora_r 0"):
         parse_train_args(["--version", str(tiny_dir), "--train_llm"])
 
 
 def test_lora_targets_that_match_nothing_are_refused(tiny_dir):
-    model, _, _ = load_base_model(args_for(tiny_dir))
+    model, _, _ = load_model(args_for(tiny_dir))
     with pytest.raises(ValueError, match="found none of"):
-        prepare_trainable(model, LoraSettings(target_modules=("no_such_layer",)))
+        prepare_trainable(model, TrainScope(lora_target_modules="no_such_layer"))
 
 
 def test_latest_is_replaced_atomically_and_validated(tmp_path):
@@ -210,25 +216,42 @@ def test_run_log_writes_metrics_json(tmp_path):
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
 
 
-def test_merge_parser_accepts_the_lora_flags():
-    parser = build_parser(MergeArgs, description="merge")
-    args = MergeArgs(**vars(parser.parse_args(["--version", "b", "--weight", "w", "--save_path", "o", "--lora_r", "4", "--precision", "fp32"])))
-    assert args.lora().r == 4 and args.lora().target_modules == ("q_proj", "v_proj")
+def test_merge_needs_only_the_checkpoint_and_checks_the_flags_given(tmp_path):
+    parsed = vars(build_merge_parser("merge").parse_args(["--weight", "w", "--save_path", "o"]))
+    assert parsed == {"weight": "w", "save_path": "o", "precision": "bf16"}  # training flags not given stay absent
+    parsed = vars(build_merge_parser("merge").parse_args(["--weight", "w", "--save_path", "o", "--lora_r", "4", "--train_llm"]))
+    assert parsed["lora_r"] == 4 and parsed["train_llm"] is True
+
+    base = tmp_path / "base"
+    base.mkdir()
+    ckpt = tmp_path / "ckpt_model"
+    ckpt.mkdir()
+    (ckpt / "run_settings.json").write_text(json.dumps(settings_record(ModelArgs(version=str(base)), TrainScope(lora_r=0, train_llm=True))))
+    model_args, scope = resolve_settings(ckpt, {})
+    assert model_args.version == str(base) and scope == TrainScope(lora_r=0, train_llm=True)
+    assert resolve_settings(ckpt / "global_step3", {"lora_r": 0})[1].train_llm  # a tag folder finds its checkpoint's settings
+    with pytest.raises(ValueError, match="--lora_r 8 disagrees with .*run_settings.json.*lora_r=0"):
+        resolve_settings(ckpt, {"lora_r": 8})
+    with pytest.raises(ValueError, match="--version .* disagrees"):
+        resolve_settings(ckpt, {"version": str(tmp_path)})
+    with pytest.raises(ValueError, match="carries no run_settings.json.*pass --version"):
+        resolve_settings(tmp_path / "weights.bin", {})
+    assert resolve_settings(tmp_path / "weights.bin", {"version": "v", "lora_r": 4}) == (ModelArgs(version="v"), TrainScope(lora_r=4))
 
 
 def test_loading_weights_checks_lora_shape_and_trained_keys(tiny_dir):
-    from training.merge import load_trained_weights
+    from training.weights import load_trained_weights
 
-    model, _, _ = load_base_model(args_for(tiny_dir))
-    trained = prepare_trainable(model, LoraSettings(r=8))
+    model, _, _ = load_model(args_for(tiny_dir))
+    trained = prepare_trainable(model, TrainScope(lora_r=8))
     state = {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
 
-    other, _, _ = load_base_model(args_for(tiny_dir))
+    other, _, _ = load_model(args_for(tiny_dir))
     with pytest.raises(ValueError, match="does not fit the rebuilt model"):
-        load_trained_weights(prepare_trainable(other, LoraSettings(r=4)), state, "ckpt")
+        load_trained_weights(prepare_trainable(other, TrainScope(lora_r=4)), state, "ckpt")
 
-    same, _, _ = load_base_model(args_for(tiny_dir))
-    target = prepare_trainable(same, LoraSettings(r=8))
+    same, _, _ = load_model(args_for(tiny_dir))
+    target = prepare_trainable(same, TrainScope(lora_r=8))
     without_decoder = {k: v for k, v in state.items() if ".pixel_decoder." not in k}
     with pytest.raises(ValueError, match="lacks .* trained parameters"):
         load_trained_weights(target, without_decoder, "ckpt")

@@ -3,6 +3,7 @@
 Layout of ``<run>/ckpt_model`` (and of ``<run>/best_ckpt_model``)::
 
     latest                 the tag of the last complete checkpoint (written with os.replace)
+    run_settings.json      the run's model and scope settings (training.run_settings), for a merge
     global_step<N>/        DeepSpeed's files for that tag
     zero_to_fp32.py        copied in by DeepSpeed
 
@@ -35,6 +36,7 @@ CKPT_DIR = "ckpt_model"
 BEST_DIR = "best_ckpt_model"
 LATEST = "latest"
 BEST_INFO = "best.json"
+RUN_SETTINGS = "run_settings.json"
 TAG_PREFIX = "global_step"
 
 
@@ -131,10 +133,13 @@ def _tag_dirs(ckpt_dir: Path) -> list[Path]:
     return [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX)]
 
 
-def save_checkpoint(engine, ckpt_dir: str | os.PathLike, state: TrainState, trainable: list[str], dist: DistInfo) -> str:
+def save_checkpoint(
+    engine, ckpt_dir: str | os.PathLike, state: TrainState, trainable: list[str], settings: dict, dist: DistInfo
+) -> str:
     """Save under ``global_step<N>``, switch ``latest`` to it, delete older tags; returns the tag. All ranks call it.
 
-    A step that ``latest`` already names is complete and is not written again.
+    ``settings`` (``training.run_settings.settings_record``) is written beside as ``run_settings.json``. A step
+    that ``latest`` already names is complete and is not written again.
     """
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for_step(state.global_step)
@@ -150,6 +155,7 @@ def save_checkpoint(engine, ckpt_dir: str | os.PathLike, state: TrainState, trai
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True)
     barrier()
     if dist.is_main:
+        write_text_atomic(ckpt_dir / RUN_SETTINGS, json.dumps(settings, indent=2))
         write_text_atomic(ckpt_dir / LATEST, tag)
         for old in _tag_dirs(ckpt_dir):
             if old.name != tag:
@@ -159,10 +165,12 @@ def save_checkpoint(engine, ckpt_dir: str | os.PathLike, state: TrainState, trai
     return tag
 
 
-def save_best(engine, run_dir: str | os.PathLike, state: TrainState, trainable: list[str], metrics: dict, dist: DistInfo) -> None:
+def save_best(
+    engine, run_dir: str | os.PathLike, state: TrainState, trainable: list[str], settings: dict, metrics: dict, dist: DistInfo
+) -> None:
     """Keep this step's weights apart in ``best_ckpt_model`` with ``best.json`` describing them."""
     best_dir = Path(run_dir) / BEST_DIR
-    tag = save_checkpoint(engine, best_dir, state, trainable, dist)
+    tag = save_checkpoint(engine, best_dir, state, trainable, settings, dist)
     if dist.is_main:
         write_text_atomic(best_dir / BEST_INFO, json.dumps({"tag": tag, "global_step": state.global_step, **metrics}, indent=2))
     barrier()

@@ -33,9 +33,8 @@ def samples_per_step(args: TrainArgs) -> int:
 
 
 def build_train_dataset(args: TrainArgs, processor: PixelLMImageProcessor, num_seg_tokens: int, world_size: int) -> HybridDataset:
-    data_args = args.data_args()
-    data_args.samples_per_epoch = args.steps_per_epoch * samples_per_step(args) * world_size
-    dataset = HybridDataset(data_args, processor, num_seg_tokens)
+    samples_per_epoch = args.steps_per_epoch * samples_per_step(args) * world_size
+    dataset = HybridDataset(args, processor, num_seg_tokens, samples_per_epoch)
     logger.info(
         "training mixture from %s: %s with probabilities %s", args.dataset_dir, dataset.kinds, [round(float(p), 3) for p in dataset.probabilities]
     )

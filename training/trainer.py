@@ -1,9 +1,10 @@
 """The training run behind ``train_ds.py``: build order, the epoch loop, validation, checkpoints.
 
-Build order: process group -> deterministic kernels (``--deterministic``) -> seed -> base model (``load_base_model``) -> LoRA and trainable groups ->
-optional ``--weight`` -> DeepSpeed engine -> resume -> data. Each epoch runs ``steps_per_epoch``
-optimizer steps of ``grad_accumulation_steps`` micro-batches, then validates every ``--val_dataset``,
-checkpoints to ``<run>/ckpt_model`` and, when the mean gIoU improved (or with ``--no_eval``), to
+Build order: process group -> deterministic kernels (``--deterministic``) -> seed -> base model
+(``ModelArgs.load``) -> LoRA and trainable groups (``freeze_policy.prepare_trainable``) -> optional ``--weight``
+-> DeepSpeed engine -> resume -> data. Each epoch runs ``steps_per_epoch`` optimizer steps of
+``grad_accumulation_steps`` micro-batches, then validates every ``--val_dataset``, checkpoints (with the run's
+settings) to ``<run>/ckpt_model`` and, when the mean gIoU improved (or with ``--no_eval``), to
 ``<run>/best_ckpt_model``.
 """
 
@@ -23,7 +24,8 @@ from dataset.skips import report_skips
 from evaluation.evaluate import EvalOptions, evaluate
 from evaluation.metrics import format_metrics
 from model import PixelLMForCausalLM
-from model.modeling_pixellm import model_inputs
+from model.modeling_pixellm import base_model_of, model_inputs
+from model.precision import dtype_of
 from model.tokens import resolve_token_ids
 
 from .args import TrainArgs
@@ -32,11 +34,10 @@ from .data import build_train_dataset, build_train_loader, build_val_sets
 from .determinism import set_deterministic
 from .distributed import DistInfo, init_distributed, seed_everything
 from .ds_config import build_ds_config
-from .lora import LoraSettings, base_model_of, format_trainable, prepare_trainable, trainable_summary
-from .merge import load_trained_weights
-from .model_setup import load_base_model
+from .freeze_policy import format_trainable, prepare_trainable, trainable_summary
 from .run_log import RunLog, set_tag
-from .weights import load_state_dict_any
+from .run_settings import settings_record
+from .weights import load_state_dict_any, load_trained_weights
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ def setup_logging(rank: int) -> None:
     logging.basicConfig(level=level, format=f"[%(asctime)s rank{rank} %(name)s] %(message)s", datefmt="%H:%M:%S")
     for name in ("training", "evaluation", "dataset", "model"):
         logging.getLogger(name).setLevel(level)
-
-
-def lora_settings(args: TrainArgs) -> LoraSettings:
-    return LoraSettings(
-        r=args.lora_r,
-        alpha=args.lora_alpha,
-        dropout=args.lora_dropout,
-        target_modules=tuple(args.lora_targets),
-        train_vision_tower=args.train_vision_tower,
-        train_llm=args.train_llm,
-        freeze_pixel_decoder=args.freeze_pixel_decoder,
-    )
 
 
 def data_signature(args: TrainArgs, world_size: int) -> dict:
@@ -127,7 +116,7 @@ def mean_giou(results: dict[str, dict]) -> float:
 
 def run_eval_only(args: TrainArgs, dist: DistInfo) -> dict[str, dict]:
     """Evaluate ``--version`` (e.g. a merged folder) on ``--val_dataset`` without training."""
-    model, tokenizer, processor = load_base_model(args)
+    model, tokenizer, processor = args.load(dtype_of(args.precision))
     model.to(dist.device)
     token_ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
     val_sets = build_val_sets(args, tokenizer, processor, token_ids, model.config.num_image_tokens)
@@ -147,7 +136,7 @@ def run_eval_only(args: TrainArgs, dist: DistInfo) -> dict[str, dict]:
 
 def build_engine(args: TrainArgs, dist: DistInfo):
     """(engine, tokenizer, processor, model config, trainable parameter names)."""
-    model, tokenizer, processor = load_base_model(args)
+    model, tokenizer, processor = args.load(dtype_of(args.precision))
     engine, trainable = initialize_engine(model, args, dist)
     return engine, tokenizer, processor, base_model_of(engine.module).config, trainable
 
@@ -160,7 +149,7 @@ def initialize_engine(model: PixelLMForCausalLM, args: TrainArgs, dist: DistInfo
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    trainable_model = prepare_trainable(model, lora_settings(args))
+    trainable_model = prepare_trainable(model, args)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     if args.weight:
@@ -239,10 +228,10 @@ def train(args: TrainArgs) -> dict:
                 is_best = mean_giou(last) > state.best_giou
                 if is_best:
                     state.best_giou = mean_giou(last)
-            save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, dist)
+            save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, settings_record(args, args), dist)
             if is_best:
                 metrics = {"epoch": epoch, **{f"{name}/{k}": v for name, r in last.items() for k, v in r.items()}}
-                save_best(engine, args.run_dir, state, trainable, metrics, dist)
+                save_best(engine, args.run_dir, state, trainable, settings_record(args, args), metrics, dist)
     finally:
         log.close()
     return {"global_step": state.global_step, "best_giou": state.best_giou, "last": last}
@@ -284,6 +273,6 @@ def train_epoch(
                 progress.set_postfix(loss=f"{losses['loss']:.4f}", ce=f"{losses['ce_loss']:.3f}", dice=f"{losses['dice_loss']:.3f}", lr=f"{lr:.2e}", s_step=f"{step_time:.2f}")
             progress.update(1)
             if args.save_steps and state.global_step % args.save_steps == 0 and state.global_step != epoch_end:
-                save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, dist)
+                save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, settings_record(args, args), dist)
     finally:
         progress.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from .checkpoint import LATEST, resolve_checkpoint
 
@@ -82,3 +83,29 @@ def load_state_dict_any(path: str | Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(
         f"{path} holds no weights: expected {SINGLE_FILES}, {INDEX_FILES}, or a DeepSpeed checkpoint ('{LATEST}' or *model_states.pt)"
     )
+
+
+def load_trained_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into the rebuilt training model; every key it lacks must be a frozen parameter or a buffer."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    buffers = {name for name, _ in model.named_buffers()}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(
+            f"{source} does not fit the rebuilt model ({detail}): the --lora_* flags and --version must be those used in training"
+        ) from err
+    if result.unexpected_keys:
+        raise ValueError(
+            f"{source} holds {len(result.unexpected_keys)} keys the rebuilt model lacks (e.g. {result.unexpected_keys[:3]}): "
+            "the --lora_* flags and --version must be those used in training"
+        )
+    trained_missing = [k for k in result.missing_keys if k not in frozen and k not in buffers]
+    if trained_missing:
+        raise ValueError(
+            f"{source} lacks {len(trained_missing)} trained parameters (e.g. {trained_missing[:3]}): "
+            "the --lora_* flags and --train_vision_tower / --train_llm / --freeze_pixel_decoder must be those used in training"
+        )
+    loaded = len(state)
+    logger.info("loaded %d tensors from %s; %d frozen tensors kept from the base model", loaded, source, len(result.missing_keys))

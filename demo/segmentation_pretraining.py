@@ -1,6 +1,7 @@
 """Segmentation pretraining: teach a from-scratch model's vision tower and pixel decoder to segment named classes.
 
-    python -m training.segmentation_pretraining --version TINY_DIR --dataset_dir DATA --out DIR [--vision_steps N] [--steps N]
+    python -m demo.segmentation_pretraining --version TINY_DIR --dataset_dir DATA --out DIR --dataset sem_seg||refer_seg \
+        --sem_seg_data ade20k --refer_seg_data refcoco --sample_rates 1,3 [--vision_steps N] [--steps N]
 
 PixelLM starts from LLaVA, whose CLIP already sees shapes and whose LLM already turns "the red circle"
 into a hidden state that means something. A model built from random weights (``python -m model.tiny``)
@@ -13,7 +14,7 @@ training loaders):
    feature is classified among the class names of the batch (``patch_class_loss``). Colour is easy to
    learn from masks; shape is not, because most targets already differ from the other objects of their
    image by colour. Here "red circle" competes with "red star" of other images, so the vision tower
-   learns shape (a linear probe of shape from its features: 0.41 without this phase, 0.90 with it).
+   learns shape (docs/training.md gives the measured effect).
 2. segmentation (``--steps``): on the ``--dataset`` data, the K seg states of each target are replaced
    by a state computed from its name alone: the LLM's final norm of the mean input embedding of the
    name's tokens, the name being a class name (sem_seg) or a referring expression (refer_seg, which also
@@ -24,11 +25,13 @@ training loaders):
 The result is a PixelLM folder with the same config and tokenizer, the starting point of ``train_ds.py
 --version ... --freeze_pixel_decoder``.
 
-Large models do not need this stage (their LLM and CLIP are pretrained); it exists for tiny models.
+Large models do not need this stage (their LLM and CLIP are pretrained); it exists for tiny models, which is
+why it lives beside the demo rather than in ``training/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -50,11 +53,10 @@ from model.conversation import IGNORE_INDEX
 from model.losses import bce_per_mask, dice_per_mask
 from model.model_folder import save_model_folder
 from model.modeling_pixellm import ImageFeatures
-from model.precision import PRECISIONS, dtype_of
-
-from .args import build_parser, flag
-from .model_setup import load_base_model
-from .run_log import RunLog
+from model.precision import dtype_of
+from training.args import ModelArgs, OptimArgs
+from training.cli import build_parser, flag
+from training.run_log import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -63,37 +65,25 @@ VISION_TRAINED = ("vision_tower", "out_mm_projector", "image_feature_neck")
 
 
 @dataclass
-class PretrainArgs:
-    """Flags of the stage (``--version`` must be a PixelLM folder, e.g. ``python -m model.tiny`` output)."""
+class PretrainArgs(ModelArgs, DataArgs, OptimArgs):
+    """Flags of the stage: the model (``--version``, a PixelLM folder such as ``python -m model.tiny`` output), its
+    data (``--dataset`` of sem_seg and refer_seg only: their target names become the prompts) and these."""
 
-    version: str = flag("", "PixelLM folder to start from (e.g. python -m model.tiny output)", required=True)
-    dataset_dir: str = flag("", "data root holding the --dataset sources", required=True)
     out: str = flag("", "output PixelLM folder (written atomically)", required=True)
-    dataset: str = flag("sem_seg", "'||'-joined data types whose target names become prompts: sem_seg (class names), refer_seg (referring expressions)")
-    sample_rates: str = flag("1", "relative sampling rate of each --dataset entry")
-    sem_seg_data: str = flag("ade20k", "'||'-joined semantic-segmentation sources, as in train_ds.py")
-    refer_seg_data: str = flag("refcoco", "'||'-joined referring datasets, as in train_ds.py")
     vision_steps: int = flag(0, "steps of the first phase: vision tower, decoder-side projector and neck learn to classify the "
                                 "patches of --sem_seg_data label maps (the decoder is not run)")
     steps: int = flag(600, "steps of the second phase: everything in TRAINED learns the masks")
-    batch_size: int = flag(8, "images per step")
-    num_classes_per_sample: int = flag(3, "classes (masks) drawn per image")
     patch_class_loss_weight: float = flag(1.0, "weight of the patch classification loss in the second phase (0: off)")
-    lr: float = flag(1e-3, "peak learning rate (AdamW, linear warmup then cosine decay)")
-    warmup_steps: int = flag(50, "linear warmup steps")
-    seed: int = flag(0, "seed of the sample order and of the run")
-    workers: int = flag(0, "DataLoader workers")
     log_dir: str = flag("", "TensorBoard folder for each step's loss, IoU and patch accuracy (tags pretrain/<phase>/<metric>; empty: none)")
-    precision: str = flag("fp32", "dtype of the model during the stage", choices=sorted(PRECISIONS))
     device: str = flag("cuda" if torch.cuda.is_available() else "cpu", "cpu, cuda, cuda:1, ...")
-    vision_tower: str | None = None
-    seg_token_num: int | None = None
-    image_feature_scale_num: int | None = None
-    ce_loss_weight: float | None = None
-    dice_loss_weight: float | None = None
-    bce_loss_weight: float | None = None
+
+    def validate(self) -> None:
+        unsupported = [kind for kind in self.kinds() if kind not in PROMPT_KINDS]
+        if unsupported:
+            raise ValueError(f"--dataset {self.dataset}: segmentation pretraining reads target names of {PROMPT_KINDS} only, not {unsupported}")
 
 
+PROMPT_KINDS = ("sem_seg", "refer_seg")
 LABEL_MAP_SOURCES = ("ade20k", "cocostuff", "mapillary")
 PATCH_LOGIT_SCALE = 10.0
 LOG_EVERY = 10  # steps per TensorBoard point
@@ -239,9 +229,10 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
 
     With ``--log_dir`` the per-step metrics are written to TensorBoard once the phases are done.
     """
+    args.validate()
     torch.manual_seed(args.seed)
     device, dtype = torch.device(args.device), dtype_of(args.precision)
-    model, tokenizer, processor = load_base_model(args)
+    model, tokenizer, processor = args.load(dtype)
     model.to(device)
     embeddings = model.get_input_embeddings().weight
     # Scores patch features against class names during this stage only; it is not part of the saved model.
@@ -249,12 +240,8 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     collate = functools.partial(collate_samples, grid=model.config.vision_grid, image_size=model.config.image_size)
 
     def loader(dataset: str, sample_rates: str, steps: int) -> DataLoader:
-        data_args = DataArgs(
-            dataset_dir=args.dataset_dir, dataset=dataset, sample_rates=sample_rates, sem_seg_data=args.sem_seg_data,
-            refer_seg_data=args.refer_seg_data,
-            num_classes_per_sample=args.num_classes_per_sample, seed=args.seed, samples_per_epoch=steps * args.batch_size,
-        )
-        data = HybridDataset(data_args, processor, model.config.num_seg_tokens)
+        data_args = dataclasses.replace(args, dataset=dataset, sample_rates=sample_rates)
+        data = HybridDataset(data_args, processor, model.config.num_seg_tokens, steps * args.batch_size)
         return DataLoader(data, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=args.workers, drop_last=True)
 
     def features_of(batch: dict) -> ImageFeatures:
@@ -304,7 +291,7 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainArgs:
-    """The command line -> ``PretrainArgs`` (the model-flag fields that ``load_base_model`` reads keep their None)."""
+    """The command line -> ``PretrainArgs``."""
     parser = build_parser(PretrainArgs, description=__doc__.split("\n\n")[0])
     return PretrainArgs(**vars(parser.parse_args(argv)))
 
