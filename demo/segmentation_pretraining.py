@@ -74,6 +74,9 @@ class PretrainArgs(ModelArgs, DataArgs, OptimArgs):
                                 "patches of --sem_seg_data label maps (the decoder is not run)")
     steps: int = flag(600, "steps of the second phase: everything in TRAINED learns the masks")
     patch_class_loss_weight: float = flag(1.0, "weight of the patch classification loss in the second phase (0: off)")
+    image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss in both phases (0: off): each LLM image token "
+                                               "is classified among the batch's class names by its cosine to their input embeddings, "
+                                               "and mm_projector learns with it")
     log_dir: str = flag("", "TensorBoard folder for each step's loss, IoU and patch accuracy (tags pretrain/<phase>/<metric>; empty: none)")
     device: str = flag("cuda" if torch.cuda.is_available() else "cpu", "cpu, cuda, cuda:1, ...")
 
@@ -109,12 +112,13 @@ def patch_labels(sample: Sample, sample_names: list[str], class_names: list[str]
     return labels
 
 
-def collate_samples(samples: list[Sample], grid: int, image_size: int) -> dict:
+def collate_samples(samples: list[Sample], grid: int, llm_grid: int, image_size: int) -> dict:
     """Images, every target mask and its name, in sample order, and the patch labels of label-map samples.
 
     -> pixel_values [B, 3, S, S], clip_resize [B, 2], masks (list of N uint8 [H_b, W_b]), names (N),
     image_index [N] long (the image of each mask), class_names (U distinct names of label-map samples),
-    patch_labels [B, grid, grid] long (index into class_names, IGNORE_INDEX where unlabelled).
+    patch_labels [B, grid, grid] and token_labels [B, llm_grid, llm_grid] long (index into class_names,
+    IGNORE_INDEX where unlabelled) for the decoder's patches and the LLM's image tokens.
     """
     per_sample = [[name for question in sample.targets for name in question] for sample in samples]
     masks, names, image_index = [], [], []
@@ -133,6 +137,7 @@ def collate_samples(samples: list[Sample], grid: int, image_size: int) -> dict:
         "image_index": torch.tensor(image_index, dtype=torch.long),
         "class_names": class_names,
         "patch_labels": torch.stack([patch_labels(s, n, class_names, grid, image_size) for s, n in zip(samples, per_sample)]),
+        "token_labels": torch.stack([patch_labels(s, n, class_names, llm_grid, image_size) for s, n in zip(samples, per_sample)]),
     }
 
 
@@ -188,6 +193,27 @@ def patch_class_loss(model: PixelLMForCausalLM, key_head: nn.Linear, features: I
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), accuracy
 
 
+def image_token_loss(model: PixelLMForCausalLM, features: ImageFeatures, batch: dict, tokenizer) -> tuple[torch.Tensor, float]:
+    """(cross-entropy of each labelled LLM image token over the batch's class names, its accuracy).
+
+    A token [H] (``mm_projector`` of the pooled CLIP patch) is scored against the mean input embedding of each
+    class name's tokens by cosine similarity times PATCH_LOGIT_SCALE: the image tokens the LLM reads come to lie
+    near the words that name what they show, so the LLM can tell which colour goes with which shape. Zero when no
+    token is labelled.
+    """
+    labels = batch["token_labels"].to(features.llm_embeds.device).flatten()
+    labelled = labels != IGNORE_INDEX
+    if not labelled.any():
+        return features.llm_embeds.sum() * 0.0, float("nan")
+    embed = model.get_input_embeddings()
+    names = torch.stack([embed(torch.tensor(tokenizer(n, add_special_tokens=False).input_ids, device=labels.device)).mean(0)
+                         for n in batch["class_names"]])
+    tokens = F.normalize(features.llm_embeds.reshape(-1, names.shape[-1]), dim=-1)
+    logits = PATCH_LOGIT_SCALE * tokens @ F.normalize(names, dim=-1).T
+    accuracy = float((logits[labelled].argmax(-1) == labels[labelled]).float().mean())
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), accuracy
+
+
 def run_phase(name: str, loader: DataLoader, steps: int, params: list[nn.Parameter], args: PretrainArgs,
               step_loss: Callable[[dict], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, list[float]]:
     """``steps`` AdamW steps (linear warmup, cosine decay) on ``step_loss(batch)``; returns each metric's value per step."""
@@ -237,7 +263,8 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     embeddings = model.get_input_embeddings().weight
     # Scores patch features against class names during this stage only; it is not part of the saved model.
     key_head = nn.Linear(model.config.text_config.hidden_size, model.config.out_dim, bias=False).to(device, dtype)
-    collate = functools.partial(collate_samples, grid=model.config.vision_grid, image_size=model.config.image_size)
+    collate = functools.partial(collate_samples, grid=model.config.vision_grid, llm_grid=model.config.llm_grid,
+                                image_size=model.config.image_size)
 
     def loader(dataset: str, sample_rates: str, steps: int) -> DataLoader:
         data_args = dataclasses.replace(args, dataset=dataset, sample_rates=sample_rates)
@@ -247,9 +274,16 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     def features_of(batch: dict) -> ImageFeatures:
         return model.encode_images(batch["pixel_values"].to(device, dtype), batch["clip_resize"].to(device))
 
+    def with_token_loss(loss: torch.Tensor, metrics: dict[str, float], features: ImageFeatures, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        if args.image_token_loss_weight:
+            token_loss, metrics["token_acc"] = image_token_loss(model, features, batch, tokenizer)
+            loss = loss + args.image_token_loss_weight * token_loss
+        return loss, metrics
+
     def vision_loss(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, accuracy = patch_class_loss(model, key_head, features_of(batch), batch, tokenizer)
-        return loss, {"patch_acc": accuracy}
+        features = features_of(batch)
+        loss, accuracy = patch_class_loss(model, key_head, features, batch, tokenizer)
+        return with_token_loss(loss, {"patch_acc": accuracy}, features, batch)
 
     def segmentation_loss(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         features = features_of(batch)
@@ -258,7 +292,7 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
         if args.patch_class_loss_weight:
             class_loss, metrics["patch_acc"] = patch_class_loss(model, key_head, features, batch, tokenizer)
             loss = loss + args.patch_class_loss_weight * class_loss
-        return loss, metrics
+        return with_token_loss(loss, metrics, features, batch)
 
     logger.info("segmentation pretraining of %s on %s: %d vision steps (%s), %d segmentation steps (%s, rates %s) of %d images, "
                 "lr %g, %s on %s", args.version, args.dataset_dir, args.vision_steps, args.sem_seg_data, args.steps, args.dataset,
@@ -266,8 +300,10 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     model.train()
     started, vision = time.time(), {}
     def trainable(modules: tuple[str, ...]) -> list[nn.Parameter]:
-        """Only ``modules``, the input embeddings and the key head require gradients; returns them."""
+        """Only ``modules`` (and mm_projector with the image-token loss), the input embeddings and the key head
+        require gradients; returns them."""
         model.requires_grad_(False)
+        modules = (*modules, "mm_projector") if args.image_token_loss_weight else modules
         params = [p for name in modules for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
         for p in params:
             p.requires_grad_(True)

@@ -11,17 +11,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from data_fixtures import synthetic_world
 from dataset.mix import DataArgs, HybridDataset
-from model import PixelLMForCausalLM, PixelLMImageProcessor
-from model.tokenization import load_tokenizer
 from demo.segmentation_pretraining import (
     PretrainArgs,
     collate_samples,
+    image_token_loss,
     mask_loss,
     name_states,
     parse_args,
     patch_class_loss,
     pretrain_segmentation,
 )
+from model import PixelLMForCausalLM, PixelLMImageProcessor
+from model.conversation import IGNORE_INDEX
+from model.tokenization import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def fixed_batch(world: dict[str, Path], model: PixelLMForCausalLM, processor: Pi
     data_args = DataArgs(dataset_dir=str(world["data"]), dataset=dataset, sample_rates="1", sem_seg_data="ade20k",
                          refer_seg_data="refcoco", seed=5)
     data = HybridDataset(data_args, processor, model.config.num_seg_tokens)
-    return collate_samples([data[i] for i in range(4)], grid=model.config.vision_grid, image_size=model.config.image_size)
+    return collate_samples([data[i] for i in range(4)], grid=model.config.vision_grid, llm_grid=model.config.llm_grid,
+                           image_size=model.config.image_size)
 
 
 def batch_losses(model: PixelLMForCausalLM, key_head: torch.nn.Linear, batch: dict, tokenizer) -> tuple[float, float]:
@@ -151,6 +154,29 @@ def test_patch_class_loss_learns_to_tell_classes_apart(world):
         losses.append(float(loss))
         accuracies.append(accuracy)
     assert losses[0] < 2 * math.log(len(batch["class_names"]))  # cosine logits: no confident guess at the start
+    assert losses[-1] < 0.5 * losses[0]
+    assert accuracies[-1] > accuracies[0] + 0.2
+
+
+def test_image_token_loss_aligns_llm_image_tokens_with_the_names(world):
+    """A few steps on one batch: the LLM's image tokens come to point at the input embeddings of the names under them."""
+    torch.manual_seed(0)
+    model = PixelLMForCausalLM.from_pretrained(world["tiny"])
+    tokenizer = load_tokenizer(world["tiny"])
+    batch = fixed_batch(world, model, PixelLMImageProcessor.from_pretrained(world["tiny"]))
+    assert batch["token_labels"].shape == (4, model.config.llm_grid, model.config.llm_grid)
+    assert (batch["token_labels"] != IGNORE_INDEX).any()
+    params = [*model.vision_tower.parameters(), *model.mm_projector.parameters(), model.get_input_embeddings().weight]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    accuracies, losses = [], []
+    for _ in range(30):
+        features = model.encode_images(batch["pixel_values"], batch["clip_resize"], decoder_features=False)
+        loss, accuracy = image_token_loss(model, features, batch, tokenizer)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        accuracies.append(accuracy)
     assert losses[-1] < 0.5 * losses[0]
     assert accuracies[-1] > accuracies[0] + 0.2
 
