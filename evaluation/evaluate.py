@@ -30,11 +30,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from model.conversation import IGNORE_INDEX
+from model.conversation import IGNORE_INDEX, left_padded
 from model.modeling_pixellm import base_model_of, model_inputs
 
 from .matching import MatchingConfig, question_mask_pairs
-from .metrics import IoUAccumulator, PairCounts, QuestionTargets, all_reduce_, pair_counts, question_targets, teacher_forced_targets
+from .metrics import (
+    IoUAccumulator,
+    PairCounts,
+    QuestionTargets,
+    all_reduce_,
+    pair_counts,
+    question_targets,
+    teacher_forced_targets,
+)
 
 
 @dataclass
@@ -63,19 +71,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded [Q, T] prompts -> the same prompts left-padded (generation appends on the right)."""
-    ids = torch.full_like(input_ids, pad_id)
-    mask = torch.zeros_like(attention_mask)
-    length = input_ids.shape[1]
-    for row in range(input_ids.shape[0]):
-        keep = attention_mask[row].bool()
-        n = int(keep.sum())
-        ids[row, length - n :] = input_ids[row, keep]
-        mask[row, length - n :] = 1
-    return ids, mask
 
 
 def _pairs_record(counts: PairCounts) -> dict:
@@ -110,7 +105,8 @@ def _teacher_forced(model: nn.Module, inputs: dict, batch: dict) -> list[ImageRe
 
 def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions, pad_id: int) -> list[ImageResult]:
     """Greedy answers to every prompt; per image, (counts of its matched pairs, target counts of its questions, JSONL fields)."""
-    ids, mask = left_pad(inputs["input_ids"], inputs["attention_mask"], pad_id)
+    prompts = [row[keep.bool()].tolist() for row, keep in zip(inputs["input_ids"], inputs["attention_mask"])]
+    ids, mask = (t.to(inputs["input_ids"].device) for t in left_padded(prompts, pad_id))
     gen = model.generate_with_masks(
         ids,
         attention_mask=mask,

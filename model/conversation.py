@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from .tokens import IMAGE_TOKEN, PixelLMTokenIds
@@ -103,3 +104,15 @@ def tokenize_conversation(
     if pending:
         out.extend(text(pending), supervised=False)
     return out
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of any lengths -> (input_ids [Q, T], attention_mask [Q, T]) left-padded with ``pad_id``, the layout
+    generation needs (every prompt ends at the last column, where the answer is appended)."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, length - len(ids) :] = 1
+    return input_ids, attention_mask

@@ -13,9 +13,9 @@ from data_fixtures import synthetic_world, write_grefcoco
 from forced_answers import ForcedAnswers, answer_ids
 from dataset.validation import build_val_dataset
 from evaluation import EvalOptions, evaluate
-from evaluation.evaluate import left_pad
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.tokenization import load_tokenizer
+from model.conversation import left_padded
 from model.tokens import resolve_token_ids
 
 
@@ -34,10 +34,8 @@ def setup(tmp_path_factory):
     return {"model": model, "tokenizer": tokenizer, "val": val}
 
 
-def test_left_pad_moves_padding_to_the_left():
-    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    new_ids, new_mask = left_pad(ids, mask, pad_id=0)
+def test_left_padded_puts_padding_on_the_left():
+    new_ids, new_mask = left_padded([[5, 6, 7], [8, 9]], pad_id=0)
     assert new_ids.tolist() == [[0, 5, 6, 7], [0, 0, 8, 9]]
     assert new_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
 
