@@ -36,8 +36,8 @@ def setup(tmp_path_factory):
 
 def test_left_padded_puts_padding_on_the_left():
     new_ids, new_mask = left_padded([[5, 6, 7], [8, 9]], pad_id=0)
-    assert new_ids.tolist() == [[0, 5, 6, 7], [0, 0, 8, 9]]
-    assert new_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+    assert new_ids.tolist() == [[5, 6, 7], [0, 8, 9]]
+    assert new_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
 
 
 @pytest.mark.parametrize("name", ["ReasonSeg|val", "refcoco|unc|val", "MultiReasonSeg|val"])
