@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer, ids = train_tiny_tokenizer(f.read().splitlines(), 6)
         data_args = DataArgs(dataset_dir=root, dataset="sem_seg||refer_seg||vqa||multi_reason_seg", sample_rates="2,9,2,4",
                              sem_seg_data="ade20k", refer_seg_data="refcoco", num_classes_per_question=3)
-        dataset = HybridDataset(data_args, PixelLMImageProcessor(image_size=448), ids.num_seg_tokens)
+        dataset = HybridDataset(data_args, PixelLMImageProcessor(image_size=448), ids.tokens_per_target)
         collator = Collator(tokenizer, ids, num_image_tokens=256, model_max_length=1024)
         rows = [time_loader(dataset, collator, w, args.batches, args.batch_size) for w in args.workers]
 

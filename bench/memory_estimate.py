@@ -160,7 +160,7 @@ def pixellm_module_params(config: PixelLMConfig) -> int:
 def model_shape(config: PixelLMConfig, setup: TrainingSetup) -> ModelShape:
     """Counts and dimensions of ``config`` with its vocabulary resized for the seg and image tokens."""
     text, vision = config.text_config, config.vision_config
-    vocab = text.vocab_size + config.num_seg_tokens + NUM_IMAGE_TOKENS_ADDED
+    vocab = text.vocab_size + config.tokens_per_target + NUM_IMAGE_TOKENS_ADDED
     pixellm = pixellm_module_params(config)
     lora = lora_params(config, setup.lora_r, setup.lora_targets) if setup.lora_r else 0
     heads = 1 if text.tie_word_embeddings else 2

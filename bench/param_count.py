@@ -170,7 +170,7 @@ def count_preset(preset: dict) -> dict:
             f"meta-device counts (vision {vision}, llm {llm}) differ from the analytic ones "
             f"(vision {vision_analytic}, llm {llm_analytic}): update the formulas in bench/param_count.py"
         )
-    added_tokens = config.num_seg_tokens + NUM_IMAGE_TOKENS_ADDED
+    added_tokens = config.tokens_per_target + NUM_IMAGE_TOKENS_ADDED
     vocab_resized = config.text_config.vocab_size + added_tokens
     llm_resized = llama_analytic(config.text_config, vocab_resized)
     pixellm = pixellm_part_counts(config)
@@ -184,7 +184,7 @@ def count_preset(preset: dict) -> dict:
         "pixel_decoder_parts": pixel_decoder_parts(config),
         "total": vision + llm_resized + pixellm["total"],
         "num_image_tokens": config.num_image_tokens,
-        "num_seg_tokens": config.num_seg_tokens,
+        "tokens_per_target": config.tokens_per_target,
     }
 
 

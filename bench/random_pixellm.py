@@ -64,7 +64,7 @@ def build_random_pixellm(
     """Build the preset's PixelLM directly on ``device`` in ``dtype``, every weight random (seeded)."""
     kwargs = preset_kwargs(preset, llm_layers)
     estimate_config = PixelLMConfig(**kwargs)
-    num_seg = estimate_config.num_seg_tokens
+    num_seg = estimate_config.tokens_per_target
     text = kwargs["text_config"]
     rows = text["vocab_size"] + num_seg + NUM_IMAGE_TOKENS_ADDED
     torch.manual_seed(seed)

@@ -43,7 +43,7 @@ class Collator:
         """Cut to model_max_length without splitting a seg group; returns ids, labels, groups kept."""
         if len(ids) <= self.model_max_length:
             return ids, labels, len(starts)
-        k = self.token_ids.num_seg_tokens
+        k = self.token_ids.tokens_per_target
         cut = self.model_max_length
         for p in starts:
             if p < cut < p + k:

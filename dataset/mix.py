@@ -83,13 +83,13 @@ class DataArgs:
 class HybridDataset(Dataset):
     """The mixed training set; ``len`` is ``samples_per_epoch``, any index >= 0 is valid."""
 
-    def __init__(self, args: DataArgs, processor: PixelLMImageProcessor, num_seg_tokens: int, samples_per_epoch: int = 10000) -> None:
+    def __init__(self, args: DataArgs, processor: PixelLMImageProcessor, tokens_per_target: int, samples_per_epoch: int = 10000) -> None:
         self.args = args
         self.samples_per_epoch = samples_per_epoch
         self.kinds = args.kinds()
         self.probabilities = args.rates()
         self.skip_counter = SkipCounter(args.source_names())
-        ctx = DataContext(processor=processor, num_seg_tokens=num_seg_tokens, args=args)
+        ctx = DataContext(processor=processor, tokens_per_target=tokens_per_target, args=args)
         self.ctx = ctx
         self.datasets: list[TypeDataset] = [self._build(kind, ctx) for kind in self.kinds]
 

@@ -25,14 +25,14 @@ class DataContext:
     """What every loader needs to build a sample: the processor, K, and the data flags (``dataset.mix.DataArgs``)."""
 
     processor: PixelLMImageProcessor
-    num_seg_tokens: int
+    tokens_per_target: int
     args: DataArgs
 
     def __post_init__(self) -> None:
         if self.args.num_classes_per_sample < 1 or self.args.num_classes_per_question < 1:
             raise ValueError("--num_classes_per_sample and --num_classes_per_question must be >= 1")
         self.templates: Templates = load_templates(self.args.use_expand_question_list)
-        self.seg: str = seg_group_text(self.num_seg_tokens)
+        self.seg: str = seg_group_text(self.tokens_per_target)
 
     @property
     def max_targets(self) -> int:

@@ -62,7 +62,7 @@ class ValDataset(Dataset):
     ) -> None:
         self.name, self.kind, self.items, self.processor = name, kind, items, processor
         self.collate_fn, self.skip_counter, self.refer = collate_fn, skip_counter, refer
-        self.seg = seg_group_text(collate_fn.token_ids.num_seg_tokens)
+        self.seg = seg_group_text(collate_fn.token_ids.tokens_per_target)
         self.templates: Templates = load_templates(False)
 
     def __len__(self) -> int:

@@ -155,7 +155,7 @@ def name_states(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch
     if final_norm is None:
         raise TypeError(f"{type(model.language_model).__name__} has no final norm at .model.norm; this stage supports LLaMA-style LLMs")
     states = final_norm(torch.stack(means))
-    return states[:, None].expand(-1, model.config.num_seg_tokens, -1)
+    return states[:, None].expand(-1, model.config.tokens_per_target, -1)
 
 
 def mask_loss(model: PixelLMForCausalLM, features: ImageFeatures, batch: dict, tokenizer) -> tuple[torch.Tensor, float]:
@@ -268,7 +268,7 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
 
     def loader(dataset: str, sample_rates: str, steps: int) -> DataLoader:
         data_args = dataclasses.replace(args, dataset=dataset, sample_rates=sample_rates)
-        data = HybridDataset(data_args, processor, model.config.num_seg_tokens, steps * args.batch_size)
+        data = HybridDataset(data_args, processor, model.config.tokens_per_target, steps * args.batch_size)
         return DataLoader(data, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=args.workers, drop_last=True)
 
     def features_of(batch: dict) -> ImageFeatures:

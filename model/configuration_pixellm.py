@@ -8,6 +8,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .tokens import PixelLMTokenIds
+
 CLIP_L14_336 = {
     "hidden_size": 1024,
     "intermediate_size": 4096,
@@ -26,7 +28,7 @@ class PixelLMConfig(PreTrainedConfig):
 
     vision_config: the CLIP vision tower, with ``image_size`` already the resized input size (448).
     text_config: any causal LM config (LLaMA first).
-    seg_token_num: codebook tokens per target and scale (3). K = seg_token_num * image_feature_scale_num.
+    seg_token_num: codebook tokens per target and scale (3); K = ``tokens_per_target`` = seg_token_num * image_feature_scale_num.
     image_feature_scale_num: decoder feature levels (2), one per entry of ``vision_feature_layers``.
     vision_feature_layers: CLIP hidden-state indices; the first feeds the LLM and decoder level 0.
     image_token_pool: the LLM sees the first level average-pooled by this factor (32x32 -> 16x16).
@@ -77,14 +79,21 @@ class PixelLMConfig(PreTrainedConfig):
                 f"vision_feature_layers {self.vision_feature_layers} must list one CLIP layer per scale "
                 f"(image_feature_scale_num={self.image_feature_scale_num})"
             )
-        if self.seg_token_ids is not None and len(self.seg_token_ids) != self.num_seg_tokens:
+        if self.seg_token_ids is not None and len(self.seg_token_ids) != self.tokens_per_target:
             raise ValueError(
                 f"seg_token_ids has {len(self.seg_token_ids)} ids, expected K = seg_token_num * "
-                f"image_feature_scale_num = {self.num_seg_tokens}"
+                f"image_feature_scale_num = {self.tokens_per_target}"
             )
 
+    def set_token_ids(self, ids: PixelLMTokenIds) -> None:
+        """Record the ids one tokenizer gave the PixelLM tokens (``model.tokens.add_pixellm_tokens``)."""
+        if len(ids.seg) != self.tokens_per_target:
+            raise ValueError(f"{len(ids.seg)} seg token ids for K = {self.tokens_per_target} tokens per target")
+        self.image_token_id, self.im_start_token_id, self.im_end_token_id = ids.image, ids.im_start, ids.im_end
+        self.seg_token_ids = list(ids.seg)
+
     @property
-    def num_seg_tokens(self) -> int:
+    def tokens_per_target(self) -> int:
         """K: codebook tokens per target."""
         return self.seg_token_num * self.image_feature_scale_num
 

@@ -211,22 +211,15 @@ def assemble(
 ) -> PixelLMForCausalLM:
     """Build PixelLM around a loaded LLM state and a resized CLIP, add the PixelLM tokens, resize the embeddings."""
     ensure_pad_token(tokenizer)
-    token_ids = add_pixellm_tokens(tokenizer, seg_token_num * image_feature_scale_num)
-    options = {
-        "seg_token_num": seg_token_num,
-        "image_feature_scale_num": image_feature_scale_num,
-        "vision_feature_layers": default_feature_layers(select_layer, image_feature_scale_num),
-        **config_overrides,
-    }
     config = PixelLMConfig(
         vision_config=clip.config.to_dict(),
         text_config=llm_config.to_dict(),
-        image_token_id=token_ids.image,
-        im_start_token_id=token_ids.im_start,
-        im_end_token_id=token_ids.im_end,
-        seg_token_ids=list(token_ids.seg),
-        **options,
+        seg_token_num=seg_token_num,
+        image_feature_scale_num=image_feature_scale_num,
+        vision_feature_layers=default_feature_layers(select_layer, image_feature_scale_num),
+        **config_overrides,
     )
+    config.set_token_ids(add_pixellm_tokens(tokenizer, config.tokens_per_target))
     model = build_uninitialised(config, dtype)
     copy_into(model.language_model, llm_state, f"{source}: LLM weights")
     copy_into(model.vision_tower, clip.state_dict(), f"{source}: CLIP weights")
@@ -332,7 +325,7 @@ def build_from_llava(
     )
     logger.info(
         "built PixelLM from the %s folder %s: %.1fM parameters, %s, K=%d seg tokens, CLIP %d px",
-        layout, folder, sum(p.numel() for p in model.parameters()) / 1e6, dtype, model.config.num_seg_tokens, image_size,
+        layout, folder, sum(p.numel() for p in model.parameters()) / 1e6, dtype, model.config.tokens_per_target, image_size,
     )
     return model, tokenizer, PixelLMImageProcessor(image_size=image_size)
 

@@ -75,7 +75,7 @@ def load_pretrained(
     processor = PixelLMImageProcessor.from_pretrained(folder)
     logger.info(
         "loaded PixelLM from %s: %.1fM parameters, %s, K=%d seg tokens, %d image tokens, image size %d",
-        folder, sum(p.numel() for p in model.parameters()) / 1e6, dtype, pixellm_config.num_seg_tokens,
+        folder, sum(p.numel() for p in model.parameters()) / 1e6, dtype, pixellm_config.tokens_per_target,
         pixellm_config.num_image_tokens, processor.image_size,
     )
     return model, tokenizer, processor
@@ -89,14 +89,14 @@ def check_architecture(config: PixelLMConfig, folder: str, **wanted: int | None)
         if value is not None and value != getattr(config, name):
             raise ValueError(
                 f"{name}={value} was asked for, but {folder}/config.json has {name}={getattr(config, name)}: the folder's "
-                f"weights, tokenizer and vision_feature_layers are built for K = {config.num_seg_tokens} seg tokens per target. "
+                f"weights, tokenizer and vision_feature_layers are built for K = {config.tokens_per_target} seg tokens per target. "
                 f"Drop the setting, or start from a LLaVA folder to build a model with {name}={value}"
             )
 
 
 def check_tokenizer(config: PixelLMConfig, tokenizer: PreTrainedTokenizerBase, folder: str) -> None:
     """The tokenizer must hold exactly the K seg tokens, and the PixelLM token ids, that the config records."""
-    k = config.num_seg_tokens
+    k = config.tokens_per_target
     ids = resolve_token_ids(tokenizer, k)
     vocab = tokenizer.get_vocab()
     extra = [name for name in seg_token_names(k + 1) if name not in seg_token_names(k) and name in vocab]

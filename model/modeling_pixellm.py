@@ -369,7 +369,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         hidden, logits = self._run_llm(embeds, attn, positions)
         num_images = features.llm_embeds.shape[0]
         sizes = self._output_sizes(num_images, masks_list, original_sizes, features.clip_resize)
-        groups = find_seg_groups(input_ids, self.seg_token_ids, self.config.num_seg_tokens)
+        groups = find_seg_groups(input_ids, self.seg_token_ids, self.config.tokens_per_target)
         masks = self._masks_of_groups(hidden, groups.predicting_positions, groups, features, row_image, sizes)
         pred_masks = self._stack_by(masks, row_image[groups.rows].tolist(), num_images, sizes, hidden)
         out = PixelLMOutput(logits=logits, last_hidden_state=hidden, pred_masks=pred_masks, seg_counts=groups.counts)
@@ -494,7 +494,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         trimmed = torch.full_like(tokens, -1)
         for i, seq in enumerate(sequences):
             trimmed[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.num_seg_tokens)
+        groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.tokens_per_target)
         # predicting[t] is the state that predicted generated token t.
         states = torch.stack(predicting, dim=1)
         masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)

@@ -49,7 +49,7 @@ class SegGroups:
         return [(self.token_positions[i].tolist(), bool(self.well_formed[i])) for i in mine]
 
 
-def find_seg_groups(input_ids: torch.Tensor, seg_token_ids: torch.Tensor, num_seg_tokens: int) -> SegGroups:
+def find_seg_groups(input_ids: torch.Tensor, seg_token_ids: torch.Tensor, tokens_per_target: int) -> SegGroups:
     """input_ids [Q, T] -> the seg groups: every K consecutive seg tokens of a row, in order.
 
     A row whose seg-token count is not a multiple of K keeps its whole groups and drops the remainder
@@ -60,13 +60,13 @@ def find_seg_groups(input_ids: torch.Tensor, seg_token_ids: torch.Tensor, num_se
     rows, positions, counts = [], [], []
     for q in range(input_ids.shape[0]):
         pos = torch.nonzero(is_seg[q], as_tuple=False)[:, 0]
-        n = pos.numel() // num_seg_tokens
-        if pos.numel() % num_seg_tokens:
+        n = pos.numel() // tokens_per_target
+        if pos.numel() % tokens_per_target:
             logger.warning(
                 "sequence %d has %d seg tokens, not a multiple of K=%d: keeping %d whole groups, dropping the rest",
-                q, pos.numel(), num_seg_tokens, n,
+                q, pos.numel(), tokens_per_target, n,
             )
-        positions.append(pos[: n * num_seg_tokens].reshape(n, num_seg_tokens))
+        positions.append(pos[: n * tokens_per_target].reshape(n, tokens_per_target))
         rows.append(torch.full((n,), q, dtype=torch.long, device=input_ids.device))
         counts.append(n)
     rows_t, positions_t = torch.cat(rows), torch.cat(positions).long()
@@ -96,7 +96,7 @@ class SegCodebook(nn.Module):
         self.text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.out_dim))
         shape = (self.levels, self.per_level)
         if config.compat_fixed_fusion:
-            self.register_buffer("token_weights", torch.full(shape, 1.0 / config.num_seg_tokens))
+            self.register_buffer("token_weights", torch.full(shape, 1.0 / config.tokens_per_target))
         else:
             self.token_weights = nn.Parameter(torch.full(shape, 1.0 / self.per_level))
 

@@ -19,7 +19,6 @@ from .model_folder import save_model_folder
 from .modeling_pixellm import PixelLMForCausalLM
 from .processing_pixellm import PixelLMImageProcessor
 from .tiny_tokenizer import train_tiny_tokenizer
-from .tokens import PixelLMTokenIds
 
 TINY_VISION = {
     "model_type": "clip_vision_model",
@@ -54,26 +53,16 @@ TINY_PIXELLM = {
 }
 
 
-def tiny_config(vocab_size: int, token_ids: PixelLMTokenIds, eos_token_id: int, bos_token_id: int, pad_token_id: int) -> PixelLMConfig:
-    """The tiny PixelLMConfig for a tokenizer of ``vocab_size`` tokens."""
-    text = {**TINY_TEXT, "vocab_size": vocab_size, "eos_token_id": eos_token_id, "bos_token_id": bos_token_id, "pad_token_id": pad_token_id}
-    return PixelLMConfig(
-        vision_config=dict(TINY_VISION),
-        text_config=text,
-        image_token_id=token_ids.image,
-        im_start_token_id=token_ids.im_start,
-        im_end_token_id=token_ids.im_end,
-        seg_token_ids=list(token_ids.seg),
-        **TINY_PIXELLM,
-    )
-
-
 def build_tiny(out_dir: str | os.PathLike, seed: int = 0, corpus: list[str] | None = None) -> Path:
     """Write a complete tiny random PixelLM folder to ``out_dir`` and return its path."""
     torch.manual_seed(seed)
-    num_seg = TINY_PIXELLM["seg_token_num"] * TINY_PIXELLM["image_feature_scale_num"]
-    tokenizer, token_ids = train_tiny_tokenizer(corpus or [], num_seg, model_max_length=TINY_TEXT["max_position_embeddings"])
-    config = tiny_config(len(tokenizer), token_ids, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)
+    config = PixelLMConfig(vision_config=dict(TINY_VISION), text_config=dict(TINY_TEXT), **TINY_PIXELLM)
+    tokenizer, token_ids = train_tiny_tokenizer(corpus or [], config.tokens_per_target, model_max_length=TINY_TEXT["max_position_embeddings"])
+    text = config.text_config
+    text.vocab_size, text.eos_token_id, text.bos_token_id, text.pad_token_id = (
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id,
+    )
+    config.set_token_ids(token_ids)
     model = PixelLMForCausalLM(config)
     return save_model_folder(model, tokenizer, PixelLMImageProcessor(image_size=config.image_size), out_dir)
 

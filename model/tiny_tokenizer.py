@@ -32,7 +32,7 @@ BASE_CORPUS = [
 
 
 def train_tiny_tokenizer(
-    corpus: Iterable[str], num_seg_tokens: int, vocab_size: int = 1024, model_max_length: int = 2048
+    corpus: Iterable[str], tokens_per_target: int, vocab_size: int = 1024, model_max_length: int = 2048
 ) -> tuple[TokenizersBackend, PixelLMTokenIds]:
     """Train the sentencepiece BPE on ``corpus`` (plus the chat scaffolding) and add the PixelLM tokens.
 
@@ -67,5 +67,5 @@ def train_tiny_tokenizer(
         (Path(folder) / TOKENIZER_CONFIG).write_text(json.dumps(config))
         tokenizer = load_tokenizer(folder)
     tokenizer.pad_token = tokenizer.unk_token
-    token_ids = add_pixellm_tokens(tokenizer, num_seg_tokens)
+    token_ids = add_pixellm_tokens(tokenizer, tokens_per_target)
     return tokenizer, token_ids

@@ -16,18 +16,18 @@ IM_START_TOKEN = "<im_start>"
 IM_END_TOKEN = "<im_end>"
 
 
-def seg_token_names(num_seg_tokens: int) -> list[str]:
+def seg_token_names(tokens_per_target: int) -> list[str]:
     """Names of the K codebook tokens, ``["[SEG0]", ..., "[SEG{K-1}]"]`` (``["[SEG]"]`` when K = 1)."""
-    if num_seg_tokens < 1:
-        raise ValueError(f"num_seg_tokens must be >= 1, got {num_seg_tokens}")
-    if num_seg_tokens == 1:
+    if tokens_per_target < 1:
+        raise ValueError(f"tokens_per_target must be >= 1, got {tokens_per_target}")
+    if tokens_per_target == 1:
         return ["[SEG]"]
-    return [f"[SEG{i}]" for i in range(num_seg_tokens)]
+    return [f"[SEG{i}]" for i in range(tokens_per_target)]
 
 
-def seg_group_text(num_seg_tokens: int) -> str:
+def seg_group_text(tokens_per_target: int) -> str:
     """The text of one target: the K codebook tokens joined by spaces."""
-    return " ".join(seg_token_names(num_seg_tokens))
+    return " ".join(seg_token_names(tokens_per_target))
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class PixelLMTokenIds:
     seg: tuple[int, ...]
 
     @property
-    def num_seg_tokens(self) -> int:
+    def tokens_per_target(self) -> int:
         return len(self.seg)
 
 
@@ -52,27 +52,27 @@ def pixellm_added_token(name: str) -> AddedToken:
     return AddedToken(name, lstrip=True, rstrip=True, normalized=False, special=True)
 
 
-def add_pixellm_tokens(tokenizer: PreTrainedTokenizerBase, num_seg_tokens: int) -> PixelLMTokenIds:
+def add_pixellm_tokens(tokenizer: PreTrainedTokenizerBase, tokens_per_target: int) -> PixelLMTokenIds:
     """Register the seg, ``<im_start>``, ``<im_end>`` and ``<image>`` tokens (in this order, so new ids follow
     the original's: seg tokens first) and return their ids.
 
     Tokens the tokenizer already holds keep their ids and get the stripping behaviour of
     ``pixellm_added_token``.
     """
-    names = [*seg_token_names(num_seg_tokens), IM_START_TOKEN, IM_END_TOKEN, IMAGE_TOKEN]
+    names = [*seg_token_names(tokens_per_target), IM_START_TOKEN, IM_END_TOKEN, IMAGE_TOKEN]
     tokenizer.add_tokens([pixellm_added_token(name) for name in names], special_tokens=True)
-    return resolve_token_ids(tokenizer, num_seg_tokens)
+    return resolve_token_ids(tokenizer, tokens_per_target)
 
 
-def resolve_token_ids(tokenizer: PreTrainedTokenizerBase, num_seg_tokens: int) -> PixelLMTokenIds:
+def resolve_token_ids(tokenizer: PreTrainedTokenizerBase, tokens_per_target: int) -> PixelLMTokenIds:
     """Look up the ids of the PixelLM tokens; raise a clear error if the tokenizer lacks any."""
-    names = [IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN, *seg_token_names(num_seg_tokens)]
+    names = [IMAGE_TOKEN, IM_START_TOKEN, IM_END_TOKEN, *seg_token_names(tokens_per_target)]
     vocab = tokenizer.get_vocab()
     missing = [n for n in names if n not in vocab]
     if missing:
         raise ValueError(
             f"The tokenizer lacks the PixelLM tokens {missing}. Call model.tokens.add_pixellm_tokens("
-            f"tokenizer, {num_seg_tokens}) (training does this) or load the tokenizer saved with the model."
+            f"tokenizer, {tokens_per_target}) (training does this) or load the tokenizer saved with the model."
         )
     ids = [tokenizer.convert_tokens_to_ids(n) for n in names]
     if len(set(ids)) != len(ids):

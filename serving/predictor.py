@@ -121,7 +121,7 @@ class PixelLMPredictor:
             image_load_config = dataclasses.replace(image_load_config, alpha=processor.alpha)
         self.image_load_config = image_load_config
         config = model.config
-        self.token_ids = resolve_token_ids(tokenizer, config.num_seg_tokens)
+        self.token_ids = resolve_token_ids(tokenizer, config.tokens_per_target)
         if list(self.token_ids.seg) != list(config.seg_token_ids) or self.token_ids.image != config.image_token_id:
             raise ValueError(
                 f"the tokenizer's PixelLM token ids (image {self.token_ids.image}, seg {list(self.token_ids.seg)}) differ from "

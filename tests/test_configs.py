@@ -31,7 +31,7 @@ def test_preset_builds_a_consistent_config(name: str):
     preset = load_json(CONFIGS / "models" / f"{name}.json")
     config = PixelLMConfig(**preset)
 
-    assert config.num_seg_tokens == 6
+    assert config.tokens_per_target == 6
     assert config.num_image_tokens == PRESETS[name]
     assert config.low_res_mask_size == 4 * config.vision_grid
     for key, value in preset["vision_config"].items():

@@ -171,7 +171,7 @@ def test_converted_model_runs_forward_and_generation(converted: dict) -> None:
     model = PixelLMForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tokenizer = load_tokenizer(out)
     processor = PixelLMImageProcessor.from_pretrained(out)
-    ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+    ids = resolve_token_ids(tokenizer, model.config.tokens_per_target)
     image = torch.randint(0, 255, (60, 80, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
     batch = processor([image])
     answer = f"The circle is {seg_group_text(6)} and the square is {seg_group_text(6)}."

@@ -15,7 +15,7 @@ S = "[SEG0] [SEG1]"
 
 def make(root, kind: str, seed: int = 7, **kw) -> HybridDataset:
     args = DataArgs(dataset_dir=str(root), dataset=kind, sample_rates="1", seed=seed, **kw)
-    return HybridDataset(args, PROC, num_seg_tokens=2)
+    return HybridDataset(args, PROC, tokens_per_target=2)
 
 
 def qa(sample):

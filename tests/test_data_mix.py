@@ -30,7 +30,7 @@ def tree(tmp_path_factory):
 def mixed(root, seed=0, samples_per_epoch=10000) -> HybridDataset:
     args = DataArgs(dataset_dir=str(root), dataset="sem_seg||refer_seg||vqa||multi_reason_seg", sample_rates="2,9,2,4",
                     sem_seg_data="ade20k", refer_seg_data="refcoco", seed=seed)
-    return HybridDataset(args, PROC, num_seg_tokens=2, samples_per_epoch=samples_per_epoch)
+    return HybridDataset(args, PROC, tokens_per_target=2, samples_per_epoch=samples_per_epoch)
 
 
 def test_mix_proportions_within_three_sigma(tree):

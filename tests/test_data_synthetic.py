@@ -86,7 +86,7 @@ def test_mixed_loader_over_the_world(world):
     out, tokenizer, ids = world
     args = DataArgs(dataset_dir=str(out), dataset=ALL, sample_rates="1,1,1,1,1", sem_seg_data="ade20k",
                     refer_seg_data="refcoco", num_classes_per_question=3, seed=4)
-    ds = HybridDataset(args, PROC, ids.num_seg_tokens, samples_per_epoch=24)
+    ds = HybridDataset(args, PROC, ids.tokens_per_target, samples_per_epoch=24)
     loader = DataLoader(ds, batch_size=4, sampler=GlobalIndexSampler(24), num_workers=2,
                         collate_fn=Collator(tokenizer, ids, 16, 512))
     checked = 0
@@ -112,7 +112,7 @@ def test_every_type_and_val_set_reads_the_world(world):
     out, tokenizer, ids = world
     for kind in ALL.split("||"):
         args = DataArgs(dataset_dir=str(out), dataset=kind, sample_rates="1", sem_seg_data="ade20k", refer_seg_data="refcoco")
-        ds = HybridDataset(args, PROC, ids.num_seg_tokens)
+        ds = HybridDataset(args, PROC, ids.tokens_per_target)
         batch = Collator(tokenizer, ids, 16, 512)([ds[i] for i in range(3)])
         assert batch["input_ids"].shape[0] == batch["offset"][-1]
     for name in ["ReasonSeg|val", "refcoco|unc|val", "MultiReasonSeg|val", "MultiReasonSeg|test_less", "MultiReasonSeg|test_many"]:

@@ -79,7 +79,7 @@ def test_7b_preset_builds_with_the_estimated_parameter_count():
     built = build_random_pixellm("pixellm_7b", torch.device("meta"), torch.bfloat16)
     config = built.model.config
     assert (config.text_config.hidden_size, config.text_config.num_hidden_layers, config.text_config.num_attention_heads) == (4096, 32, 32)
-    assert config.text_config.vocab_size == 32000 + config.num_seg_tokens + 3
+    assert config.text_config.vocab_size == 32000 + config.tokens_per_target + 3
     assert (config.vision_config.hidden_size, config.image_size, config.vision_config.patch_size) == (1024, 448, 14)
     assert len(built.tokenizer) < config.text_config.vocab_size
     params = sum(p.numel() for p in built.model.parameters())

@@ -34,7 +34,7 @@ def refer_val_giou(model_dir: Path, data: Path) -> float:
     model = PixelLMForCausalLM.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
     processor = PixelLMImageProcessor.from_pretrained(model_dir)
-    token_ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+    token_ids = resolve_token_ids(tokenizer, model.config.tokens_per_target)
     val_set = build_val_dataset(REFER_VAL, str(data), tokenizer, processor, token_ids, model.config.num_image_tokens, 512)
     return evaluate(model, val_set, torch.device("cpu"), EvalOptions(batch_size=8, limit=VAL_IMAGES))["giou"]
 
@@ -69,7 +69,7 @@ def test_pretraining_then_train_ds_beats_untrained_and_every_object(tmp_path, de
     config = PixelLMForCausalLM.config_class.from_pretrained(tiny)
     tokenizer = load_tokenizer(tiny)
     val_set = build_val_dataset(REFER_VAL, str(data), tokenizer, PixelLMImageProcessor.from_pretrained(tiny),
-                                resolve_token_ids(tokenizer, config.num_seg_tokens), config.num_image_tokens, 512)
+                                resolve_token_ids(tokenizer, config.tokens_per_target), config.num_image_tokens, 512)
     floor = every_object_baseline(val_set, VAL_IMAGES)["giou"]
     print(f"refer val gIoU: untrained {untrained:.3f}, every object {floor:.3f}, trained {trained:.3f}")
     assert trained > untrained + 0.2

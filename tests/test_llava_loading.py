@@ -135,9 +135,9 @@ def assert_text_logits_equal(model: PixelLMForCausalLM, source_logits: torch.Ten
 
 def assert_training_step(model: PixelLMForCausalLM, tokenizer) -> None:
     model.train()
-    ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+    ids = resolve_token_ids(tokenizer, model.config.tokens_per_target)
     conv = tokenize_conversation(
-        tokenizer, [Turn("<image>\nSegment the circle.", f"It is {seg_group_text(model.config.num_seg_tokens)}.")], ids, model.config.num_image_tokens
+        tokenizer, [Turn("<image>\nSegment the circle.", f"It is {seg_group_text(model.config.tokens_per_target)}.")], ids, model.config.num_image_tokens
     )
     batch = one_image()
     out = model(

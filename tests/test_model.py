@@ -27,7 +27,7 @@ def tiny(tiny_dir):
     model = PixelLMForCausalLM.from_pretrained(tiny_dir).eval()
     tokenizer = load_tokenizer(tiny_dir)
     processor = PixelLMImageProcessor.from_pretrained(tiny_dir)
-    return model, tokenizer, processor, resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+    return model, tokenizer, processor, resolve_token_ids(tokenizer, model.config.tokens_per_target)
 
 
 def make_batch(tiny, answers: list[str], sizes: list[tuple[int, int]], seed: int = 0) -> dict:
@@ -57,7 +57,7 @@ def make_batch(tiny, answers: list[str], sizes: list[tuple[int, int]], seed: int
 
 def test_shapes_one_and_three_targets_non_square(tiny):
     model, _, _, _ = tiny
-    s = seg_group_text(model.config.num_seg_tokens)
+    s = seg_group_text(model.config.tokens_per_target)
     answers = [f"The red circle {s}.", f"The red circle {s}, the blue star {s} and the square {s}."]
     sizes = [(90, 210), (260, 120)]
     batch = make_batch(tiny, answers, sizes)
@@ -82,7 +82,7 @@ def test_shapes_one_and_three_targets_non_square(tiny):
 def test_gradients_reach_trainable_parts_not_the_frozen_tower(tiny_dir, tiny):
     model = PixelLMForCausalLM.from_pretrained(tiny_dir).train()
     model.vision_tower.requires_grad_(False)
-    s = seg_group_text(model.config.num_seg_tokens)
+    s = seg_group_text(model.config.tokens_per_target)
     batch = make_batch(tiny, [f"It is {s}.", f"A {s} and B {s}."], [(100, 140), (140, 100)])
     model(**batch).loss.backward()
     named = dict(model.named_parameters())
@@ -130,7 +130,7 @@ def test_target_count_drops_the_remainder(caplog):
 
 def test_mask_count_mismatch_is_a_clear_error(tiny):
     model = tiny[0]
-    s = seg_group_text(model.config.num_seg_tokens)
+    s = seg_group_text(model.config.tokens_per_target)
     batch = make_batch(tiny, [f"A {s} and B {s}."], [(80, 80)])
     batch["masks_list"] = [batch["masks_list"][0][:1]]
     with pytest.raises(ValueError, match="2 seg groups but 1 masks"):
@@ -139,7 +139,7 @@ def test_mask_count_mismatch_is_a_clear_error(tiny):
 
 def test_save_load_gives_identical_logits_and_masks(tiny, tmp_path):
     model = tiny[0]
-    s = seg_group_text(model.config.num_seg_tokens)
+    s = seg_group_text(model.config.tokens_per_target)
     batch = make_batch(tiny, [f"It is {s}.", f"A {s} and B {s}."], [(70, 130), (130, 70)])
     with torch.no_grad():
         before = model(**batch)
@@ -310,7 +310,7 @@ def test_generation_with_cache_equals_without_and_returns_masks(tiny):
 def test_generation_masks_equal_teacher_forced_masks(tiny):
     """Masks decoded from states collected while generating equal a teacher-forced pass over the same text."""
     model, tokenizer, processor, ids = tiny
-    s = seg_group_text(model.config.num_seg_tokens)
+    s = seg_group_text(model.config.tokens_per_target)
     image = np.random.default_rng(2).integers(0, 255, (80, 120, 3), dtype=np.uint8)
     batch = processor([image])
     prompt = tokenize_conversation(tokenizer, [Turn("<image>\nSegment it.")], ids, model.config.num_image_tokens)

@@ -46,7 +46,7 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         model=model,
         tokenizer=tokenizer,
         processor=processor,
-        token_ids=resolve_token_ids(tokenizer, model.config.num_seg_tokens),
+        token_ids=resolve_token_ids(tokenizer, model.config.tokens_per_target),
         cases=cases,
         diffs={},
     )
@@ -158,7 +158,7 @@ def test_teacher_forced_arrays_match_the_original(ref: SimpleNamespace, name: st
         vocab = arrays["logits_after_image"].shape[-1]
         expect_close("logits_after_image", out.logits[:, start:, :vocab], arrays["logits_after_image"], LOGIT_TOLERANCE, table)
 
-        groups = find_seg_groups(ids, model.seg_token_ids, config.num_seg_tokens)
+        groups = find_seg_groups(ids, model.seg_token_ids, config.tokens_per_target)
         states = groups.predicting_states(out.last_hidden_state)
         after_fcs = model.seg_codebook.text_hidden_fcs(states).reshape(-1, config.out_dim)
         expect_close("seg_hidden_after_fcs", after_fcs, arrays["seg_hidden_after_fcs"], TOLERANCE, table)
@@ -213,7 +213,7 @@ def test_seg_group_in_the_prompt_gives_the_originals_mask(ref: SimpleNamespace) 
     with torch.no_grad():
         features = model.encode_images(processed.pixel_values[None], torch.tensor([processed.clip_resize]))
         out = model(input_ids=ids, image_features=features, original_sizes=sizes)
-        groups = find_seg_groups(ids, model.seg_token_ids, model.config.num_seg_tokens)
+        groups = find_seg_groups(ids, model.seg_token_ids, model.config.tokens_per_target)
         prompts = model.seg_codebook(groups.predicting_states(out.last_hidden_state))
     expect_close("pred_embeddings", prompts, arrays["pred_embeddings"], TOLERANCE, table)
     expect_close("pred_masks", out.pred_masks[0], arrays["pred_masks"], TOLERANCE, table)

@@ -34,7 +34,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 def fixed_batch(world: dict[str, Path], model: PixelLMForCausalLM, processor: PixelLMImageProcessor, dataset: str = "sem_seg") -> dict:
     data_args = DataArgs(dataset_dir=str(world["data"]), dataset=dataset, sample_rates="1", sem_seg_data="ade20k",
                          refer_seg_data="refcoco", seed=5)
-    data = HybridDataset(data_args, processor, model.config.num_seg_tokens)
+    data = HybridDataset(data_args, processor, model.config.tokens_per_target)
     return collate_samples([data[i] for i in range(4)], grid=model.config.vision_grid, llm_grid=model.config.llm_grid,
                            image_size=model.config.image_size)
 
@@ -53,7 +53,7 @@ def test_name_states_depend_only_on_the_name(world):
     model = PixelLMForCausalLM.from_pretrained(world["tiny"])
     tokenizer = load_tokenizer(world["tiny"])
     states = name_states(model, tokenizer, ["red circle", "blue star", "red circle"])
-    assert states.shape == (3, model.config.num_seg_tokens, model.config.text_config.hidden_size)
+    assert states.shape == (3, model.config.tokens_per_target, model.config.text_config.hidden_size)
     assert torch.equal(states[0], states[2])
     assert not torch.allclose(states[0], states[1])
     # The final RMSNorm brings them to the scale of real hidden states (about 1 per channel).

@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     model = PixelLMForCausalLM.from_pretrained(tiny).eval()
     tokenizer = load_tokenizer(tiny)
     processor = PixelLMImageProcessor.from_pretrained(tiny)
-    ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+    ids = resolve_token_ids(tokenizer, model.config.tokens_per_target)
 
     def val(name: str, dataset_dir: Path = data):
         return build_val_dataset(name, str(dataset_dir), tokenizer, processor, ids, model.config.num_image_tokens)

@@ -208,7 +208,7 @@ def test_merge_gives_the_unmerged_masks_and_eval_only_reports_them(world, refere
     load_trained_weights(unmerged, load_state_dict_any(reference_run / "ckpt_model"), "reference")
     unmerged.eval()
     merged = PixelLMForCausalLM.from_pretrained(merged_dir).eval()
-    token_ids = resolve_token_ids(tokenizer, merged.config.num_seg_tokens)
+    token_ids = resolve_token_ids(tokenizer, merged.config.tokens_per_target)
 
     val = build_val_dataset("ReasonSeg|val", str(world["data"]), tokenizer, processor, token_ids, merged.config.num_image_tokens)
     batch = val.collate_fn([val[0], val[1]])

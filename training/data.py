@@ -32,9 +32,9 @@ def samples_per_step(args: TrainArgs) -> int:
     return args.batch_size * args.grad_accumulation_steps
 
 
-def build_train_dataset(args: TrainArgs, processor: PixelLMImageProcessor, num_seg_tokens: int, world_size: int) -> HybridDataset:
+def build_train_dataset(args: TrainArgs, processor: PixelLMImageProcessor, tokens_per_target: int, world_size: int) -> HybridDataset:
     samples_per_epoch = args.steps_per_epoch * samples_per_step(args) * world_size
-    dataset = HybridDataset(args, processor, num_seg_tokens, samples_per_epoch)
+    dataset = HybridDataset(args, processor, tokens_per_target, samples_per_epoch)
     logger.info(
         "training mixture from %s: %s with probabilities %s", args.dataset_dir, dataset.kinds, [round(float(p), 3) for p in dataset.probabilities]
     )

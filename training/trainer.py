@@ -118,7 +118,7 @@ def run_eval_only(args: TrainArgs, dist: DistInfo) -> dict[str, dict]:
     """Evaluate ``--version`` (e.g. a merged folder) on ``--val_dataset`` without training."""
     model, tokenizer, processor = args.load(dtype_of(args.precision))
     model.to(dist.device)
-    token_ids = resolve_token_ids(tokenizer, model.config.num_seg_tokens)
+    token_ids = resolve_token_ids(tokenizer, model.config.tokens_per_target)
     val_sets = build_val_sets(args, tokenizer, processor, token_ids, model.config.num_image_tokens)
     log = RunLog(args.run_dir, dist.is_main)
     try:
@@ -208,9 +208,9 @@ def train(args: TrainArgs) -> dict:
     # Dropout streams differ per rank; model init above used the same seed everywhere.
     seed_everything(args.seed + dist.rank)
     state = resume_state(args, engine, trainable, dist)
-    token_ids = resolve_token_ids(tokenizer, config.num_seg_tokens)
+    token_ids = resolve_token_ids(tokenizer, config.tokens_per_target)
     collator = Collator(tokenizer, token_ids, config.num_image_tokens, args.model_max_length)
-    dataset = build_train_dataset(args, processor, config.num_seg_tokens, dist.world_size)
+    dataset = build_train_dataset(args, processor, config.tokens_per_target, dist.world_size)
     val_sets = {} if args.no_eval else build_val_sets(args, tokenizer, processor, token_ids, config.num_image_tokens)
     dtype = next(engine.module.parameters()).dtype
     log = RunLog(args.run_dir, dist.is_main)
