@@ -10,7 +10,10 @@
 Any number of threads (web requests) may call ``submit``. The worker takes the questions that are
 waiting, up to ``max_batch_size`` of them, and answers them in one ``PixelLMPredictor.reply_batch`` call
 (images not yet embedded are embedded together; each question keeps its own ``max_new_tokens``);
-questions that arrive meanwhile wait for the next batch. Two questions of one conversation never share a
+questions that arrive meanwhile wait for the next batch. Clients that ask again as soon as they have
+their answer come back a few milliseconds apart; so that they meet in one batch instead of trickling
+into many small ones, the worker waits up to ``gather_ms`` for as many questions as its previous batch
+had (never when that batch had one: a lone user waits for nothing). Two questions of one conversation never share a
 batch: the later one is answered after the earlier one, seeing its answer. ``max_batch_size=1`` answers
 one question at a time. A question that fails (a ``QuestionError``, or an exception while its batch is
 generated) fails alone or with its batch; the worker goes on with the next batch.
@@ -49,14 +52,18 @@ class SchedulerClosedError(RuntimeError):
 @dataclass
 class SchedulerConfig:
     """max_batch_size: questions answered in one generation call (1: one at a time).
-    max_queue: questions allowed to wait; ``submit`` raises ``QueueFullError`` beyond."""
+    max_queue: questions allowed to wait; ``submit`` raises ``QueueFullError`` beyond.
+    gather_ms: how long a batch may wait for the questions of busy clients (module docstring)."""
 
     max_batch_size: int = 8
     max_queue: int = 256
+    gather_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue < 1:
             raise ValueError(f"max_batch_size and max_queue must be >= 1, got {self.max_batch_size} and {self.max_queue}")
+        if self.gather_ms < 0:
+            raise ValueError(f"gather_ms must be >= 0, got {self.gather_ms}")
 
 
 @dataclass
@@ -162,6 +169,7 @@ class BatchScheduler:
         self._waiting: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._last_batch = 1
         self._worker = threading.Thread(target=self._run, name="pixellm-scheduler", daemon=True)
         self._worker.start()
 
@@ -214,6 +222,10 @@ class BatchScheduler:
         with self._cond:
             while not self._waiting and not self._closed:
                 self._cond.wait()
+            expected = min(self._last_batch, self.config.max_batch_size)
+            deadline = time.monotonic() + self.config.gather_ms / 1000
+            while len(self._waiting) < expected and not self._closed and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
             if self._closed:
                 return None
             batch, kept, seen = [], deque(), set()
@@ -224,6 +236,7 @@ class BatchScheduler:
                 else:
                     kept.append(job)
             self._waiting = kept
+            self._last_batch = len(batch)
             return batch
 
     def _run(self) -> None:
