@@ -81,10 +81,12 @@ def workload(version: Path, folder: Path) -> list[tuple[bytes, str]]:
 class Server:
     """app.py in a subprocess on a free loopback port; stopped with SIGINT (then killed if it hangs)."""
 
-    def __init__(self, version: Path, max_batch_size: int, max_new_tokens: int, output_dir: Path, log: Path) -> None:
+    def __init__(self, version: Path, max_batch_size: int, max_new_tokens: int, threads: int | None, output_dir: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, str(REPO_ROOT / "app.py"), "--version", str(version), "--host", "127.0.0.1", "--port", str(self.port),
                "--max_batch_size", str(max_batch_size), "--max_new_tokens", str(max_new_tokens), "--output_dir", str(output_dir)]
         self.log = open(log, "w")
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=25, help="questions per client")
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--max_batch_size", type=int, default=8, help="the batching-on mode's batch limit")
+    parser.add_argument("--threads", type=int, help="the server's torch CPU threads (OMP_NUM_THREADS; default: torch's)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serving.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -180,7 +183,7 @@ def main() -> None:
         pairs = workload(version, scratch / "drawings")
         rows: list[LoadResult] = []
         for batch_size in (args.max_batch_size, 1):
-            server = Server(version, batch_size, args.max_new_tokens, scratch / "app_out", scratch / f"server_{batch_size}.log")
+            server = Server(version, batch_size, args.max_new_tokens, args.threads, scratch / "app_out", scratch / f"server_{batch_size}.log")
             try:
                 server.wait_ready()
                 for clients in args.clients:
@@ -193,8 +196,9 @@ def main() -> None:
     model_name = args.version or "tiny random model (model.tiny, seed 0)"
     when = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
     print(f"\nMethod: {method}\n")
+    threads = args.threads or "default"
     print(f"{when}; model {model_name}; {args.questions} questions per client, max_new_tokens {args.max_new_tokens}; "
-          f"{os.cpu_count()} CPU cores, torch {torch.__version__}\n")
+          f"{os.cpu_count()} CPU cores, server torch threads {threads}, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}\n")
     table = [["batching", "clients", "answers", "errors", "answers/s", "p50 ms", "p95 ms", "mean batch"]]
     for r in rows:
         table.append([f"on (max {args.max_batch_size})" if r.batching else "off", str(r.clients), str(r.answers), str(r.errors),
@@ -212,6 +216,7 @@ def main() -> None:
         "questions_per_client": args.questions,
         "max_new_tokens": args.max_new_tokens,
         "max_batch_size": args.max_batch_size,
+        "server_threads": threads,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "load_average_at_end": list(os.getloadavg())},
         "speedup_at_most_clients": round(speedup, 3),

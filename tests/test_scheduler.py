@@ -4,6 +4,7 @@ text, masks) are the ones each question gets alone; errors stay with their quest
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -176,3 +177,28 @@ def test_queue_limit_and_close(predictor: PixelLMPredictor) -> None:
         closer.join(60)
     with pytest.raises(SchedulerClosedError):
         scheduler.submit(sessions[3], "Hi", 3)
+
+
+def test_a_busy_server_gathers_a_batch_and_a_lone_user_waits_for_nothing(predictor: PixelLMPredictor) -> None:
+    scheduler = BatchScheduler(predictor, SchedulerConfig(max_batch_size=4, gather_ms=3000))
+    try:
+        lone = scheduler.submit(ChatSession(predictor.load(np.zeros((20, 20, 3), dtype=np.uint8))), "Hi", 3)
+        lone.result(60)
+        assert lone.timings.queue_s < 1.0  # the last batch had one question: no gathering
+        sessions = [ChatSession(predictor.load(np.full((20, 20, 3), v, dtype=np.uint8))) for v in range(4)]
+        with held(predictor) as (entered, release, sizes):
+            scheduler.submit(sessions[0], "Wait.", 3)
+            entered.wait(60)
+            pair = [scheduler.submit(s, "Hi", 3) for s in sessions[1:3]]
+            release.set()
+            for stream in pair:
+                stream.result(60)
+        # The last batch had two questions: the next one waits (up to 3 s) for a second question.
+        first = scheduler.submit(sessions[1], "Again?", 3)
+        time.sleep(0.3)
+        second = scheduler.submit(sessions[2], "Again?", 3)
+        first.result(60), second.result(60)
+        assert first.timings.batch_size == second.timings.batch_size == 2
+        assert 0.25 < first.timings.queue_s < 2.5
+    finally:
+        scheduler.close()
