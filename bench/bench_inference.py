@@ -234,7 +234,7 @@ def first_question_worker(repeats: int) -> list[dict]:
             runs.append((first, follow))
         runs = runs[1:]  # the first was the warm-up
 
-        def med(turn: int, key: str) -> float:
+        def med(turn: int, key: str, runs: list = runs) -> float:
             return round(1000 * statistics.median(r[turn][key] for r in runs), 2)
 
         rows.append({

@@ -7,13 +7,15 @@ Method (printed with the results): for each mode, app.py is started in a subproc
 port) with the model folder (default: a tiny random model built by model.tiny), ``--max_batch_size`` 8
 (batching on) or 1 (batching off: one question at a time), and OMP_WAIT_POLICY=PASSIVE. Each client is a
 thread with its own keep-alive HTTP connection that asks its questions one after the other through
-``POST /api/v1/answer``: every fifth question uploads an image (multipart PNG, a new conversation), the
-four after it are follow-ups in that conversation (``conversation_id``), so image encoding, prompts that
-grow with the history, mask decoding and RLE encoding are all in the load. Every question asks for the
+``POST /api/v1/answer``: a question that uploads an image (multipart PNG, a new conversation), then
+``--follow_ups`` (4) follow-ups in that conversation (``conversation_id``), and again, so image encoding,
+prompts that grow with the history, mask decoding and RLE encoding are all in the load. Every question asks for the
 same ``max_new_tokens``; an untrained model rarely stops early, so answers are about that long. Images and
 questions come from the model folder's examples/ when it has them (the demo model), else from the page's
 three drawings. Two warm-up questions run before each load. Latency is measured by the client from
 sending the request to reading the whole answer; answers/s is all answers of the load over its wall time.
+From the answers' timings: the model's time per answer (each answer's share of the batch that answered
+it: image encoding, generation, masks) and how busy the worker was (their sum over the wall time).
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from model.tiny import build_tiny  # noqa: E402
 from serving.examples import make_example_images, model_examples  # noqa: E402
 
 QUESTIONS = ["Please segment the red circle.", "Where is the blue square?", "Segment the dark bar.", "What else is there?", "And the background?"]
-FOLLOW_UPS = 4
 
 
 @dataclass
@@ -59,6 +60,8 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     mean_batch_size: float
+    model_ms_per_answer: float
+    worker_busy_percent: float
 
 
 def free_port() -> int:
@@ -116,14 +119,14 @@ class Server:
         self.log.close()
 
 
-def client(url: str, pairs: list[tuple[bytes, str]], offset: int, questions: int, max_new_tokens: int, out: list) -> None:
-    """Ask ``questions`` questions: an upload, then FOLLOW_UPS follow-ups, and again; append (latency s, batch size or None)."""
+def client(url: str, pairs: list[tuple[bytes, str]], offset: int, questions: int, follow_ups: int, max_new_tokens: int, out: list) -> None:
+    """Ask ``questions`` questions: an upload, then ``follow_ups`` follow-ups, and again; append (latency s, timings or None)."""
     with httpx.Client(base_url=url, timeout=300) as http:
         conversation = None
         for q in range(questions):
-            image, question = pairs[(offset + q // (FOLLOW_UPS + 1)) % len(pairs)]
+            image, question = pairs[(offset + q // (follow_ups + 1)) % len(pairs)]
             start = time.perf_counter()
-            if q % (FOLLOW_UPS + 1) == 0:
+            if q % (follow_ups + 1) == 0:
                 response = http.post("/api/v1/answer", files={"image": ("image.png", image, "image/png")},
                                      data={"question": question, "max_new_tokens": str(max_new_tokens)})
             else:
@@ -136,22 +139,28 @@ def client(url: str, pairs: list[tuple[bytes, str]], offset: int, questions: int
                 continue
             record = response.json()
             conversation = record["conversation_id"]
-            out.append((latency, record["timings"]["batch_size"]))
+            out.append((latency, record["timings"]))
 
 
-def run_load(url: str, pairs: list[tuple[bytes, str]], clients: int, questions: int, max_new_tokens: int, batching: bool) -> LoadResult:
+def run_load(
+    url: str, pairs: list[tuple[bytes, str]], clients: int, questions: int, follow_ups: int, max_new_tokens: int, batching: bool
+) -> LoadResult:
     warm: list = []
-    client(url, pairs, 0, 2, max_new_tokens, warm)
+    client(url, pairs, 0, 2, follow_ups, max_new_tokens, warm)
     results: list[list] = [[] for _ in range(clients)]
-    threads = [threading.Thread(target=client, args=(url, pairs, c, questions, max_new_tokens, results[c])) for c in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(url, pairs, c, questions, follow_ups, max_new_tokens, results[c])) for c in range(clients)
+    ]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    done = [(latency, size) for rows in results for latency, size in rows if size is not None]
+    done = [(latency, timings) for rows in results for latency, timings in rows if timings is not None]
     latencies = [latency for latency, _ in done]
+    # Each answer's share of the batch that answered it: the worker's time per answer.
+    worker_s = sum(t["model_ms"] / t["batch_size"] for _, t in done) / 1000
     if len(latencies) < 2:
         raise RuntimeError(f"only {len(latencies)} of {clients * questions} questions were answered; see the server log")
     return LoadResult(
@@ -163,7 +172,9 @@ def run_load(url: str, pairs: list[tuple[bytes, str]], clients: int, questions: 
         answers_per_s=round(len(done) / wall, 3),
         p50_ms=round(1000 * statistics.median(latencies), 1),
         p95_ms=round(1000 * statistics.quantiles(latencies, n=100)[94], 1),
-        mean_batch_size=round(statistics.mean(size for _, size in done), 2),
+        mean_batch_size=round(statistics.mean(t["batch_size"] for _, t in done), 2),
+        model_ms_per_answer=round(worker_s * 1000 / len(done), 1),
+        worker_busy_percent=round(100 * worker_s / wall, 1),
     )
 
 
@@ -172,6 +183,7 @@ def main() -> None:
     parser.add_argument("--version", help="merged model folder (default: a tiny random model, built in a temporary folder)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--questions", type=int, default=25, help="questions per client")
+    parser.add_argument("--follow_ups", type=int, default=4, help="follow-up questions after each upload (0: every question uploads)")
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--max_batch_size", type=int, default=8, help="the batching-on mode's batch limit")
     parser.add_argument("--threads", type=int, help="the server's torch CPU threads (OMP_NUM_THREADS; default: torch's)")
@@ -187,7 +199,7 @@ def main() -> None:
             try:
                 server.wait_ready()
                 for clients in args.clients:
-                    rows.append(run_load(server.url, pairs, clients, args.questions, args.max_new_tokens, batch_size > 1))
+                    rows.append(run_load(server.url, pairs, clients, args.questions, args.follow_ups, args.max_new_tokens, batch_size > 1))
                     print(f"  batching {'on ' if batch_size > 1 else 'off'} {clients} client(s): {rows[-1].answers_per_s:.2f} answers/s", flush=True)
             finally:
                 server.stop()
@@ -197,12 +209,14 @@ def main() -> None:
     when = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
     print(f"\nMethod: {method}\n")
     threads = args.threads or "default"
-    print(f"{when}; model {model_name}; {args.questions} questions per client, max_new_tokens {args.max_new_tokens}; "
+    print(f"{when}; model {model_name}; {args.questions} questions per client, {args.follow_ups} follow-ups per upload, "
+          f"max_new_tokens {args.max_new_tokens}; "
           f"{os.cpu_count()} CPU cores, server torch threads {threads}, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}\n")
-    table = [["batching", "clients", "answers", "errors", "answers/s", "p50 ms", "p95 ms", "mean batch"]]
+    table = [["batching", "clients", "answers", "errors", "answers/s", "p50 ms", "p95 ms", "mean batch", "model ms/answer", "worker busy"]]
     for r in rows:
         table.append([f"on (max {args.max_batch_size})" if r.batching else "off", str(r.clients), str(r.answers), str(r.errors),
-                      f"{r.answers_per_s:.2f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.mean_batch_size:.2f}"])
+                      f"{r.answers_per_s:.2f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.mean_batch_size:.2f}",
+                      f"{r.model_ms_per_answer:.0f}", f"{r.worker_busy_percent:.0f}%"])
     print(text_table(table))
     by = {(r.batching, r.clients): r for r in rows}
     most = max(args.clients)
@@ -214,6 +228,7 @@ def main() -> None:
         "method": method,
         "model": model_name,
         "questions_per_client": args.questions,
+        "follow_ups": args.follow_ups,
         "max_new_tokens": args.max_new_tokens,
         "max_batch_size": args.max_batch_size,
         "server_threads": threads,

@@ -14,6 +14,7 @@ from .request_limits import RequestLimits
 from .scheduler import AnswerStream, BatchScheduler, QueueFullError, SchedulerConfig
 
 __all__ = [
+    "PALETTE_HEX",
     "Answer",
     "AnswerStream",
     "BatchScheduler",
@@ -24,10 +25,9 @@ __all__ = [
     "ImageLoadError",
     "ImageTooLargeError",
     "OverlayStyle",
-    "PALETTE_HEX",
     "PixelLMPredictor",
-    "QueueFullError",
     "QuestionError",
+    "QueueFullError",
     "RequestLimits",
     "SchedulerConfig",
     "Target",

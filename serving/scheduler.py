@@ -11,12 +11,13 @@ Any number of threads (web requests) may call ``submit``. The worker takes the q
 waiting, up to ``max_batch_size`` of them, and answers them in one ``PixelLMPredictor.reply_batch`` call
 (images not yet embedded are embedded together; each question keeps its own ``max_new_tokens``);
 questions that arrive meanwhile wait for the next batch. Clients that ask again as soon as they have
-their answer come back a few milliseconds apart; so that they meet in one batch instead of trickling
-into many small ones, the worker waits up to ``gather_ms`` for as many questions as its previous batch
-had (never when that batch had one: a lone user waits for nothing). Two questions of one conversation never share a
-batch: the later one is answered after the earlier one, seeing its answer. ``max_batch_size=1`` answers
-one question at a time. A question that fails (a ``QuestionError``, or an exception while its batch is
-generated) fails alone or with its batch; the worker goes on with the next batch.
+their answer come back a few milliseconds after it; so that they meet the questions that waited during
+the batch instead of trickling into a second batch, the worker waits up to ``gather_ms`` for as many
+questions as were waiting when the batch ended plus the batch's own (a lone user, one question after
+the other, waits for nothing). Two questions of one conversation never share a batch: the later one is
+answered after the earlier one, seeing its answer. ``max_batch_size=1`` answers one question at a time.
+A question that fails (a ``QuestionError``, or an exception while its batch is generated) fails alone or
+with its batch; the worker goes on with the next batch.
 
 Batched answers equal one-by-one answers up to float rounding: prompts are left-padded and images encoded
 together, which can change the last bits of a logit, and so, rarely, a greedy token whose two best
@@ -169,7 +170,7 @@ class BatchScheduler:
         self._waiting: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._last_batch = 1
+        self._expected = 1
         self._worker = threading.Thread(target=self._run, name="pixellm-scheduler", daemon=True)
         self._worker.start()
 
@@ -222,9 +223,8 @@ class BatchScheduler:
         with self._cond:
             while not self._waiting and not self._closed:
                 self._cond.wait()
-            expected = min(self._last_batch, self.config.max_batch_size)
             deadline = time.monotonic() + self.config.gather_ms / 1000
-            while len(self._waiting) < expected and not self._closed and (left := deadline - time.monotonic()) > 0:
+            while len(self._waiting) < self._expected and not self._closed and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
             if self._closed:
                 return None
@@ -236,7 +236,6 @@ class BatchScheduler:
                 else:
                     kept.append(job)
             self._waiting = kept
-            self._last_batch = len(batch)
             return batch
 
     def _run(self) -> None:
@@ -247,6 +246,9 @@ class BatchScheduler:
                 job.stream.timings.batch_size = len(batch)
             self.batch_sizes[len(batch)] += 1
             self._answer(batch)
+            with self._cond:
+                # The clients just answered are likely to ask again at once; the waiting ones are here already.
+                self._expected = min(self.config.max_batch_size, len(self._waiting) + len(batch))
 
     def _answer(self, batch: list[_Job]) -> None:
         ready = []

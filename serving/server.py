@@ -28,6 +28,7 @@ from .predictor import PixelLMPredictor  # noqa: E402
 from .scheduler import BatchScheduler  # noqa: E402
 from .web_app import AppConfig, build_app, mount_kwargs  # noqa: E402
 
+
 def build_server(scheduler: BatchScheduler, app_config: AppConfig, api_config: ApiConfig) -> FastAPI:
     """The API under /api/v1, its docs at /docs, the web page at /; both answer through ``scheduler``."""
     app = FastAPI(

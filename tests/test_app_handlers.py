@@ -3,6 +3,7 @@ next request still works; the page's examples come from the model folder when it
 
 from __future__ import annotations
 
+import itertools
 import json
 import zipfile
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ def test_bad_inputs_give_messages_and_the_next_request_works(scheduler: BatchSch
         assert "Answering" in updates[0][4] and updates[0][0] == [{"role": "user", "content": "Segment the cat and the dog."}]
         partial = [u[0][-1]["content"] for u in updates[1:-1]]
         assert len(partial) >= 2 and all(is_skip(u[1]) for u in updates[:-1])
-        assert all(b.startswith(a) for a, b in zip(partial, partial[1:])) and partial[-1] == "The cat and the dog, both sitting."
+        assert all(b.startswith(a) for a, b in itertools.pairwise(partial)) and partial[-1] == "The cat and the dog, both sitting."
         assert overlay.shape[0] > 40 and overlay.shape[2] == 3  # image plus legend rows
         assert 'data-target="0"' in html and "rgba(230, 159, 0, 0.35)" in html and ">cat</span>" in html
         assert history == [{"role": "user", "content": "Segment the cat and the dog."},

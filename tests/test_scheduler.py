@@ -186,7 +186,7 @@ def test_a_busy_server_gathers_a_batch_and_a_lone_user_waits_for_nothing(predict
         lone.result(60)
         assert lone.timings.queue_s < 1.0  # the last batch had one question: no gathering
         sessions = [ChatSession(predictor.load(np.full((20, 20, 3), v, dtype=np.uint8))) for v in range(4)]
-        with held(predictor) as (entered, release, sizes):
+        with held(predictor) as (entered, release, _):
             scheduler.submit(sessions[0], "Wait.", 3)
             entered.wait(60)
             pair = [scheduler.submit(s, "Hi", 3) for s in sessions[1:3]]
