@@ -106,6 +106,26 @@ def tidy_spacing(text: str) -> tuple[str, list[int]]:
     return tidy, [min(p, len(tidy)) for p in positions]
 
 
+def settled_display_text(partial: str) -> str:
+    """The start of the display text that every continuation of the decoded answer ``partial`` shares.
+
+    For streaming: ``partial`` is the answer decoded so far (seg tokens and eos left out). Held back are the
+    last word (the next token may change how the tokenizer decodes it; a replacement character of an
+    unfinished UTF-8 sequence likewise) and trailing spaces and punctuation, which the tidy rules may still
+    drop ("cat," becomes "cat." when "." follows). Nothing is returned before a letter or digit is settled,
+    since an answer without one displays as "".
+    """
+    unfinished = partial.find("\ufffd")
+    if unfinished >= 0:
+        partial = partial[:unfinished]
+    last_space = max((i for i, ch in enumerate(partial) if ch.isspace()), default=0)
+    tidy, _ = tidy_spacing(partial[:last_space])
+    end = len(tidy)
+    while end and (tidy[end - 1] == " " or tidy[end - 1] in _CLOSING_PUNCT):
+        end -= 1
+    return tidy[:end]
+
+
 def _next_visible(text: str, start: int) -> str | None:
     for ch in text[start:]:
         if not ch.isspace():

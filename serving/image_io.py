@@ -48,6 +48,10 @@ class ImageLoadError(ValueError):
     """An image could not be loaded; the message names the source, the problem and what is accepted."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """The image is over a byte or pixel limit, or a possible decompression bomb (a server answers 413)."""
+
+
 @dataclass(frozen=True)
 class ImageLoadConfig:
     """Limits for untrusted images.
@@ -155,7 +159,7 @@ def _check_pixels(width: int, height: int, name: str, config: ImageLoadConfig) -
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"{name}: the image has no pixels ({width}x{height}). {_accepted(config)}")
     if width * height > config.max_pixels:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             f"{name}: the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the pixel "
             f"limit of {config.max_pixels / 1e6:g} megapixels (ImageLoadConfig.max_pixels; a guard against "
             f"decompression bombs). Downscale the image first."
@@ -191,7 +195,7 @@ def _opened(source: object, name: str, config: ImageLoadConfig) -> Iterator[Imag
     if num_bytes == 0:
         raise ImageLoadError(f"{name}: the file is empty (0 bytes). {_accepted(config)}")
     if config.max_bytes is not None and num_bytes > config.max_bytes:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             f"{name}: the file is {num_bytes / 2**20:.1f} MiB, over the size limit of {config.max_bytes / 2**20:g} "
             f"MiB (ImageLoadConfig.max_bytes). Use a smaller or more compressed image."
         )
@@ -215,7 +219,7 @@ def _opened(source: object, name: str, config: ImageLoadConfig) -> Iterator[Imag
 
 
 def _bomb_error(name: str, exc: Exception, config: ImageLoadConfig) -> ImageLoadError:
-    return ImageLoadError(
+    return ImageTooLargeError(
         f"{name}: rejected as a possible decompression bomb: its header claims more pixels than allowed "
         f"(pixel limit {config.max_pixels / 1e6:g} megapixels, ImageLoadConfig.max_pixels; Pillow says: {exc}). "
         f"Downscale the image first."

@@ -6,12 +6,19 @@
     answer.text                                     # "The chili and the curry." (seg groups removed)
     answer.targets[0].phrase, answer.targets[0].mask  # "chili", bool [H, W] at the image's size
     predictor.ask("And the rice?")                  # same embedding; the prompt holds the first turn
+    predictor.ask("Segment the rice.", on_text=print)  # the answer text as it is generated
 
 Masks are ``logit > 0`` at the original (EXIF-oriented) image size. ``Target.score`` is the mean
 sigmoid probability over the mask's pixels (0.0 for an empty mask): how sure the decoder is inside the
 region it chose, not a calibrated probability that the target exists. Phrases and the display text follow
 ``serving.answer_parsing``. For a server with many users, keep one ``ChatSession`` per user and call
-``start`` / ``reply``; ``set_image`` / ``ask`` are the same on one built-in session.
+``start`` / ``reply``, or ``reply_batch`` for several conversations in one generation call (what
+``serving.scheduler.BatchScheduler`` does); ``set_image`` / ``ask`` are the same on one built-in session.
+
+An image is embedded once: by ``start``, or, for a session made from ``load``'s ``ImageEmbedding`` that
+is not embedded yet, by the first ``reply_batch`` that needs it (all such images of the call in one vision
+batch). The decoder-side features follow when an answer first needs a mask; both are kept in the
+``ImageEmbedding`` for every later question of every conversation that shares it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from model.tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, resolve_toke
 from .answer_parsing import parse_answer
 from .export import ExportTarget, mask_bbox
 from .image_io import ImageLoadConfig, ImageSource, load_image
+from .text_stream import AnswerTextStreamer, TextCallback
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZATIONS = ("8bit", "4bit")
@@ -85,21 +93,50 @@ class Answer:
         return [ExportTarget(phrase=t.phrase, mask=t.mask, score=t.score) for t in self.targets]
 
 
-@dataclass
-class ChatSession:
-    """One conversation about one image.
+@dataclass(eq=False)
+class ImageEmbedding:
+    """One loaded image and what the model computed from it, shared by every conversation about it.
 
-    image: [H, W, 3] uint8 RGB (EXIF-oriented). features: its ImageFeatures (batch of 1, on the model's
-    device). history: the finished turns, answers with their seg tokens.
+    image: [H, W, 3] uint8 RGB (EXIF-oriented); None after ``release_pixels``. features: its ImageFeatures
+    (batch of 1, on the model's device); None until the first question about the image. size: (H, W).
     """
 
-    image: np.ndarray
-    features: ImageFeatures
+    image: np.ndarray | None
+    features: ImageFeatures | None = None
+    size: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            self.size = (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    def release_pixels(self) -> None:
+        """Forget the pixels once the image is embedded: answers need only the features and the size (a
+        server that keeps many images for follow-up questions keeps them small this way)."""
+        if self.features is None:
+            raise RuntimeError("the image is not embedded yet: its pixels are still needed")
+        self.image = None
+
+
+@dataclass(eq=False)
+class ChatSession:
+    """One conversation about one image. history: the finished turns, answers with their seg tokens."""
+
+    embedding: ImageEmbedding
     history: list[Turn] = field(default_factory=list)
 
     @property
+    def image(self) -> np.ndarray | None:
+        """[H, W, 3] uint8 RGB (None once released)."""
+        return self.embedding.image
+
+    @property
+    def features(self) -> ImageFeatures | None:
+        return self.embedding.features
+
+    @property
     def size(self) -> tuple[int, int]:
-        return int(self.image.shape[0]), int(self.image.shape[1])
+        """(H, W) of the image; masks have this size."""
+        return self.embedding.size
 
 
 class PixelLMPredictor:
@@ -187,28 +224,80 @@ class PixelLMPredictor:
         return self.model.vision_tower.dtype
 
     # -- sessions ------------------------------------------------------------------------------------------
-    def start(self, image: ImageSource) -> ChatSession:
-        """Load ``image`` (anything ``serving.image_io.load_image`` accepts) and embed it once."""
-        rgb = load_image(image, self.image_load_config)
-        return ChatSession(image=rgb, features=self.encode([rgb]))
+    def load(self, image: ImageSource) -> ImageEmbedding:
+        """Load and check ``image`` (anything ``serving.image_io.load_image`` accepts), without embedding it:
+        ``ChatSession(embedding)`` is then a conversation whose first question embeds it."""
+        return ImageEmbedding(load_image(image, self.image_load_config))
 
-    def reply(self, session: ChatSession, question: str, max_new_tokens: int = 512) -> Answer:
-        """Answer ``question`` on ``session``'s image, seeing its earlier turns; appends the turn to it."""
-        ids = self.prompt_ids(session.history, question, max_new_tokens)
-        sizes = torch.tensor([session.size], dtype=torch.long, device=self.device)
-        answer = self._generate([ids], session.features, sizes, [session.image], [question], max_new_tokens)[0]
-        session.history.append(Turn(question=_turn_question(session.history, question), answer=answer.raw_text))
-        return answer
+    def start(self, image: ImageSource | ImageEmbedding) -> ChatSession:
+        """A new conversation about ``image``, embedded now (CLIP); pass an ``ImageEmbedding`` to share one
+        image's embedding between conversations."""
+        embedding = image if isinstance(image, ImageEmbedding) else self.load(image)
+        self._embed([embedding])
+        return ChatSession(embedding)
+
+    def reply(
+        self, session: ChatSession, question: str, max_new_tokens: int = 512, on_text: TextCallback | None = None
+    ) -> Answer:
+        """Answer ``question`` on ``session``'s image, seeing its earlier turns; appends the turn to it.
+        ``on_text`` gets the answer text in pieces as it is generated (they add up to ``Answer.text``)."""
+        return self.reply_batch([session], [question], max_new_tokens, [on_text])[0]
+
+    def reply_batch(
+        self,
+        sessions: Sequence[ChatSession],
+        questions: Sequence[str],
+        max_new_tokens: int | Sequence[int] = 512,
+        on_text: Sequence[TextCallback | None] | None = None,
+    ) -> list[Answer]:
+        """Answer one question in each of several conversations in one generation call; appends each turn.
+
+        max_new_tokens: one limit, or one per question. on_text: None, or one callback (or None) per
+        question, as in ``reply``. Images not embedded yet are embedded together first. The answers equal
+        those of ``reply`` one by one up to float rounding (prompts are left-padded into one batch).
+        Raises ``QuestionError`` for the first bad question (nothing is generated then).
+        """
+        if len(sessions) != len(questions):
+            raise ValueError(f"one question per conversation, got {len(sessions)} conversations and {len(questions)} questions")
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("a conversation can have one question per batch: a follow-up must see the answer before it")
+        if not sessions:
+            return []
+        budgets = [max_new_tokens] * len(sessions) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(budgets) != len(sessions):
+            raise ValueError(f"max_new_tokens: one value or one per question ({len(sessions)}), got {len(budgets)}")
+        prompts = [self.prompt_ids(s.history, q, n) for s, q, n in zip(sessions, questions, budgets)]
+        self._embed([s.embedding for s in sessions])
+        features, shared = self._row_features([s.embedding for s in sessions])
+        sizes = torch.tensor([s.size for s in sessions], dtype=torch.long, device=self.device)
+        callbacks = list(on_text) if on_text is not None else [None] * len(sessions)
+        if len(callbacks) != len(sessions):
+            raise ValueError(f"on_text: one callback (or None) per question ({len(sessions)}), got {len(callbacks)}")
+        streamer = None
+        if any(c is not None for c in callbacks):
+            streamer = AnswerTextStreamer(self.tokenizer, self.token_ids.seg, self.eos_token_id, callbacks, budgets)
+        answers = self._generate(prompts, features, sizes, list(questions), budgets, streamer)
+        if not shared and features.decoder_features is not None:
+            # Keep the decoder-side features the batch computed, one copy per image.
+            for row, session in enumerate(sessions):
+                if session.features.decoder_features is None:
+                    session.features.decoder_features = features.decoder_features[row : row + 1].clone()
+                    session.features.clip_levels = None
+        for session, question, answer in zip(sessions, questions, answers):
+            session.history.append(Turn(question=_turn_question(session.history, question), answer=answer.raw_text))
+        if streamer is not None:
+            streamer.finish([a.text for a in answers])
+        return answers
 
     def set_image(self, image: ImageSource) -> None:
         """Embed ``image`` and start a new conversation about it (the built-in session)."""
         self._session = self.start(image)
 
-    def ask(self, question: str, max_new_tokens: int = 512) -> Answer:
+    def ask(self, question: str, max_new_tokens: int = 512, on_text: TextCallback | None = None) -> Answer:
         """Answer on the image of ``set_image``; later questions see the earlier turns."""
         if self._session is None:
             raise RuntimeError("no image: call set_image(image) before ask(question)")
-        return self.reply(self._session, question, max_new_tokens)
+        return self.reply(self._session, question, max_new_tokens, on_text)
 
     def reset(self) -> None:
         """Forget the conversation, keep the image embedding."""
@@ -225,14 +314,8 @@ class PixelLMPredictor:
         Prompts are left-padded; the result equals asking each on a fresh ``set_image`` (up to float
         rounding). The built-in session is left untouched.
         """
-        if not items:
-            return []
-        images = [load_image(image, self.image_load_config) for image, _ in items]
-        questions = [question for _, question in items]
-        prompts = [self.prompt_ids([], q, max_new_tokens) for q in questions]
-        features = self.encode(images)
-        sizes = torch.tensor([img.shape[:2] for img in images], dtype=torch.long, device=self.device)
-        return self._generate(prompts, features, sizes, images, questions, max_new_tokens)
+        sessions = [ChatSession(self.load(image)) for image, _ in items]
+        return self.reply_batch(sessions, [q for _, q in items], max_new_tokens)
 
     # -- building blocks -------------------------------------------------------------------------------------
     def encode(self, images: list[np.ndarray]) -> ImageFeatures:
@@ -242,6 +325,35 @@ class PixelLMPredictor:
         pixel_values = batch["pixel_values"].to(self.device, self.dtype)
         with torch.no_grad():
             return self.model.encode_images(pixel_values, batch["clip_resize"].to(self.device), decoder_features=False)
+
+    def _embed(self, embeddings: Sequence[ImageEmbedding]) -> None:
+        """Encode every image of ``embeddings`` that has no features yet, in one batch (each image once)."""
+        pending = list({id(e): e for e in embeddings if e.features is None}.values())
+        if pending:
+            features = self.encode([e.image for e in pending])
+            for i, embedding in enumerate(pending):
+                embedding.features = features.select(torch.tensor([i], device=self.device))
+
+    def _row_features(self, embeddings: Sequence[ImageEmbedding]) -> tuple[ImageFeatures, bool]:
+        """The features of one image per prompt, and whether they are the image's own object (a batch of one).
+
+        A batch holds either the decoder-side features of every image or of none (the model adds them when
+        the first mask is needed), so in a batch where only some images have them the others get them here.
+        """
+        features = [e.features for e in embeddings]
+        if len(features) == 1:
+            return features[0], True
+        if any(f.decoder_features is not None for f in features):
+            with torch.no_grad():
+                for f in features:
+                    self.model.add_decoder_features(f)
+
+        def cat(name: str) -> torch.Tensor | None:
+            parts = [getattr(f, name) for f in features]
+            return None if parts[0] is None else torch.cat(parts)
+
+        fields = ("llm_embeds", "llm_valid", "clip_resize", "clip_levels", "decoder_features")
+        return ImageFeatures(**{name: cat(name) for name in fields}), False
 
     def prompt_ids(self, history: list[Turn], question: str, max_new_tokens: int) -> list[int]:
         """Token ids of the llava_v1 prompt for ``question`` after ``history``; validates the question."""
@@ -270,9 +382,9 @@ class PixelLMPredictor:
         prompts: list[list[int]],
         features: ImageFeatures,
         original_sizes: torch.Tensor,
-        images: list[np.ndarray],
         questions: list[str],
-        max_new_tokens: int,
+        max_new_tokens: list[int],
+        streamer: AnswerTextStreamer | None,
     ) -> list[Answer]:
         """Left-pad ``prompts`` (one per image of ``features``), generate, and build the Answers."""
         length = max(len(p) for p in prompts)
@@ -288,14 +400,15 @@ class PixelLMPredictor:
             original_sizes=original_sizes,
             max_new_tokens=max_new_tokens,
             eos_token_id=self.eos_token_id,
+            streamer=streamer,
         )
         return [
-            self._answer(question, sequence, groups, logits, image)
-            for question, sequence, groups, logits, image in zip(questions, out.sequences, out.seg_groups, out.pred_masks, images)
+            self._answer(question, sequence, groups, logits, tuple(size.tolist()))
+            for question, sequence, groups, logits, size in zip(questions, out.sequences, out.seg_groups, out.pred_masks, original_sizes)
         ]
 
     def _answer(
-        self, question: str, sequence: list[int], groups: list[tuple[list[int], bool]], logits: torch.Tensor, image: np.ndarray
+        self, question: str, sequence: list[int], groups: list[tuple[list[int], bool]], logits: torch.Tensor, size: tuple[int, int]
     ) -> Answer:
         """Pair the well-formed seg groups of ``sequence`` with their mask logits [N, H, W] (mask n is group n's)."""
         parsed = parse_answer(sequence, groups, self.tokenizer, self.token_ids.seg, self.eos_token_id)
@@ -318,8 +431,8 @@ class PixelLMPredictor:
                     phrase_found=found,
                 )
             )
-        if targets and targets[0].mask.shape != image.shape[:2]:
-            raise RuntimeError(f"mask size {targets[0].mask.shape} differs from the image's {image.shape[:2]}")
+        if targets and targets[0].mask.shape != size:
+            raise RuntimeError(f"mask size {targets[0].mask.shape} differs from the image's {size}")
         return Answer(
             question=question, text=parsed.text, targets=targets, warnings=warnings, raw_text=parsed.raw_text, token_ids=list(sequence)
         )

@@ -1,8 +1,9 @@
 """The terminal side of chat.py: print answers with numbered, coloured targets; save each turn's files.
 
-Interactive commands (one per line): ``image: PATH`` loads an image and starts a new conversation,
-``reset`` forgets the conversation but keeps the image, ``exit``/``quit`` (or end of input) ends; any
-other line is a question about the current image.
+``run_chat(options)`` is all of chat.py after flag parsing. Interactive commands (one per line):
+``image: PATH`` loads an image and starts a new conversation, ``reset`` forgets the conversation but
+keeps the image, ``exit``/``quit`` (or end of input) ends; any other line is a question about the current
+image, whose answer is printed as it is generated, then its targets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TextIO
 
 from .export import save_answer
 from .image_io import ImageLoadError
+from .options import ChatOptions
 from .overlay import target_color
 from .predictor import Answer, ChatSession, PixelLMPredictor, QuestionError
 
@@ -48,7 +50,7 @@ def _paint(text: str, j: int, color: bool) -> str:
 
 def format_answer(answer: Answer, color: bool) -> str:
     """The answer text with each found phrase painted (when ``color``) and [j] after each target's
-    position, then one line per target: index, phrase, score and bbox; then any warnings."""
+    position, then ``format_targets``."""
     marks = []
     for j, target in enumerate(answer.targets):
         if target.phrase_found:
@@ -62,7 +64,12 @@ def format_answer(answer: Answer, color: bool) -> str:
         text.append(insert)
         last = position
     text.append(answer.text[last:])
-    lines = ["".join(text) if answer.text else "(no text)"]
+    return "\n".join(["".join(text) if answer.text else "(no text)", format_targets(answer, color)])
+
+
+def format_targets(answer: Answer, color: bool) -> str:
+    """One line per target (index, phrase, score and bbox), then any warnings."""
+    lines = []
     for j, target in enumerate(answer.targets):
         x, y, w, h = target.bbox
         lines.append(f"  {_paint(f'[{j}]', j, color)} {target.phrase}  score {target.score:.2f}  bbox x={x} y={y} w={w} h={h}")
@@ -139,12 +146,40 @@ def interactive(
             session.history.clear()
             print("conversation reset (same image)", file=out)
             continue
+        print("ASSISTANT: ", end="", file=out, flush=True)
         try:
-            answer = predictor.reply(session, line, config.max_new_tokens)
+            answer = predictor.reply(session, line, config.max_new_tokens, on_text=lambda chunk: print(chunk, end="", file=out, flush=True))
         except QuestionError as exc:
+            print(file=out)
             print(f"error: {exc}", file=err)
             continue
         turn += 1
-        print(f"ASSISTANT: {format_answer(answer, config.color)}", file=out)
+        print("" if answer.text else "(no text)", file=out)
+        print(format_targets(answer, config.color), file=out)
         files = save_turn(config, f"{image_stem}_{turn:03d}", session, answer)
         print(f"saved: {files['json']} (+ {len(files) - 1} PNG)", file=out)
+
+
+def run_chat(options: ChatOptions, stdin: TextIO | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """chat.py: check ``options`` (``OptionsError``), load the model, then answer once (``--query``) or chat.
+    The streams default to the process's. Returns the exit status: 2 when the one-shot image or question is bad."""
+    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    for note in options.check():
+        print(note, file=err)
+    predictor = PixelLMPredictor.from_pretrained(
+        options.version,
+        device=options.device,
+        precision=options.precision,
+        quantization=options.quantization,
+        image_load_config=options.image_load_config,
+        model_max_length=options.model_max_length,
+    )
+    config = TerminalChatConfig(out_dir=Path(options.out_dir), max_new_tokens=options.max_new_tokens, color=supports_color(out))
+    if options.query is not None:
+        try:
+            answer_once(predictor, options.image, options.query, config, out)
+        except (ImageLoadError, QuestionError) as exc:
+            print(f"error: {exc}", file=err)
+            return 2
+        return 0
+    return interactive(predictor, config, stdin, out, err, image=options.image)

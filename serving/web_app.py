@@ -1,11 +1,13 @@
-"""The Gradio web demo: upload an image, ask, see the overlay, the coloured answer and download the masks.
+"""The Gradio web page: upload an image, ask, watch the answer being written, see the overlay, the
+coloured answer and download the masks.
 
-``build_app(backend, config)`` returns the ``gr.Blocks``; ``backend`` is a ``PixelLMPredictor`` or any
-object with its ``start(image)`` / ``reply(session, question, max_new_tokens)`` methods (tests inject a
-slow fake one). Each browser session keeps its own conversation: the image is embedded once when a
-question about a new image arrives, and later questions see the earlier turns. ``AppHandlers`` holds the
-event handlers so they can be called without a browser. Set ``GRADIO_ANALYTICS_ENABLED=False`` before
-importing this module to keep Gradio off the network.
+``build_app(backend, config)`` returns the ``gr.Blocks``; ``backend`` is a ``serving.scheduler.BatchScheduler``
+(questions of all browser sessions and of the HTTP API are answered together in batches) or any object
+with its ``start(image)`` / ``submit(session, question, max_new_tokens) -> AnswerStream`` methods (tests
+inject slow fakes). Each browser session keeps its own conversation: the image is embedded once, with the
+first question about it, and later questions see the earlier turns. ``AppHandlers`` holds the event
+handlers so they can be called without a browser. ``serving.server`` mounts the page next to the HTTP API.
+Set ``GRADIO_ANALYTICS_ENABLED=False`` before importing this module to keep Gradio off the network.
 """
 
 from __future__ import annotations
@@ -16,91 +18,49 @@ import os
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageDraw
 
 from .export import save_answer
-from .image_io import ImageLoadConfig, ImageLoadError, check_image_limits, load_image
+from .image_io import ImageLoadError, check_image_limits, load_image
 from .overlay import draw_overlay, target_color, target_color_hex
 from .predictor import Answer, QuestionError
+from .request_limits import RequestLimits
+from .scheduler import AnswerStream, QueueFullError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 
 class ChatBackend(Protocol):
-    """What the app needs from a model: ``PixelLMPredictor`` implements it."""
+    """What the page needs from a model: ``serving.scheduler.BatchScheduler`` implements it."""
 
     def start(self, image: Any) -> Any: ...
 
-    def reply(self, session: Any, question: str, max_new_tokens: int = 512) -> Answer: ...
+    def submit(self, session: Any, question: str, max_new_tokens: int = 512) -> AnswerStream: ...
 
 
 @dataclass
 class AppConfig:
-    """title: page title. max_new_tokens: answer length limit. concurrency: requests the model runs at
-    once (others wait in the queue). max_upload_mb, max_pixels: limits on uploaded images. output_dir:
-    where each answer's files go (one sub-folder per browser session); default under the system temp
-    folder. examples: (image path, question) pairs shown under the inputs."""
+    """title: page title. limits: answer length, upload size, pixel and question limits. concurrency:
+    questions of the page handed to the backend at once (the scheduler batches them; more wait in
+    Gradio's queue). output_dir: where each answer's files go (one sub-folder per browser session);
+    default under the system temp folder. examples: (image path, question) pairs shown under the inputs."""
 
     title: str = "PixelLM: ask about an image, get text and masks"
-    max_new_tokens: int = 512
-    concurrency: int = 1
-    max_upload_mb: float = 10.0
-    max_pixels: int = 25_000_000
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    concurrency: int = 16
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pixellm_app")
     examples: list[tuple[str, str]] = field(default_factory=list)
-    alpha: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"AppConfig.concurrency must be >= 1, got {self.concurrency}")
-        if self.max_upload_mb <= 0 or self.max_pixels <= 0:
-            raise ValueError(f"AppConfig.max_upload_mb and max_pixels must be positive, got {self.max_upload_mb}, {self.max_pixels}")
         self.output_dir = Path(self.output_dir)
-
-    @property
-    def image_load_config(self) -> ImageLoadConfig:
-        return ImageLoadConfig(max_pixels=self.max_pixels, max_bytes=int(self.max_upload_mb * 2**20), alpha=self.alpha)
-
-
-def make_example_images(folder: str | os.PathLike) -> list[tuple[str, str]]:
-    """Draw three synthetic example images into ``folder`` (kept if present); returns (path, question) pairs."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    specs = [
-        ("shapes.png", (320, 240), [("ellipse", (40, 60, 140, 160), (220, 40, 40)), ("rectangle", (180, 80, 280, 180), (40, 80, 220))],
-         "Please segment the red circle and the blue square."),
-        ("fruit.png", (300, 300), [("ellipse", (50, 50, 150, 150), (250, 200, 30)), ("ellipse", (160, 140, 260, 240), (60, 170, 60))],
-         "Where are the yellow fruit and the green fruit?"),
-        ("stripes.png", (360, 200), [("rectangle", (20, 20, 100, 180), (30, 30, 30)), ("rectangle", (240, 40, 340, 160), (200, 120, 40))],
-         "Segment the dark bar."),
-    ]
-    examples = []
-    for name, size, shapes, question in specs:
-        path = folder / name
-        if not path.is_file():
-            image = Image.new("RGB", size, (235, 235, 225))
-            draw = ImageDraw.Draw(image)
-            for kind, box, colour in shapes:
-                getattr(draw, kind)(box, fill=colour)
-            image.save(path)
-        examples.append((str(path), question))
-    return examples
-
-
-def examples_from_dir(folder: str | os.PathLike, question: str = "What is in this image? Please segment it.") -> list[tuple[str, str]]:
-    """Every image file of ``folder`` (sorted) with a generic question."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"--examples_dir {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return [(str(p), question) for p in paths]
 
 
 def _text_colour(j: int) -> str:
@@ -144,9 +104,12 @@ def _badge(j: int) -> str:
     return f'<span class="pixellm-badge" data-target="{j}" style="{style}">{j}</span>'
 
 
-def status_html(message: str, error: bool) -> str:
-    colour = "#b42318" if error else "#1a7f37"
-    icon = "&#9888;" if error else "&#10003;"
+_STATUS_STYLES = {"ok": ("#1a7f37", "&#10003;"), "error": ("#b42318", "&#9888;"), "busy": ("#475467", "&#8987;")}
+
+
+def status_html(message: str, kind: str = "ok") -> str:
+    """The status line; kind is "ok", "error" or "busy"."""
+    colour, icon = _STATUS_STYLES[kind]
     return f'<div class="pixellm-status" style="color: {colour}">{icon} {html.escape(message)}</div>'
 
 
@@ -165,29 +128,45 @@ class AppHandlers:
         """A new image was uploaded or cleared: reset the conversation and the outputs."""
         return [], None, "", None, "", None
 
-    def ask(self, image_path: str | None, question: str | None, history: list[dict] | None, state: dict | None) -> tuple:
-        """Answer one question. Returns (chat history, overlay, answer HTML, files, status HTML, state);
-        on bad input the chat and state are kept, the outputs left as they were and the status says why."""
+    def ask(self, image_path: str | None, question: str | None, history: list[dict] | None, state: dict | None) -> Iterator[tuple]:
+        """Answer one question, yielding (chat history, overlay, answer HTML, files, status HTML, state):
+        the chat with the answer text as far as it is generated, then the complete answer with its masks.
+        On bad input the chat and state are kept, the outputs left as they were and the status says why."""
         history = list(history or [])
+        skip = (gr.skip(), gr.skip(), gr.skip())
         try:
             state = self._session_for(image_path, state)
-            question = (question or "").strip()
-            if not question:
-                raise QuestionError("The question is empty: type what to segment or ask, e.g. 'Segment the dog.'")
-            answer = self.backend.reply(state["session"], question, self.config.max_new_tokens)
-        except (ImageLoadError, QuestionError) as exc:
-            return history, gr.skip(), gr.skip(), gr.skip(), status_html(str(exc), error=True), state
+            question = self.config.limits.question(question)
+            stream = self.backend.submit(state["session"], question, self.config.limits.max_new_tokens)
+        except (ImageLoadError, QuestionError, QueueFullError) as exc:
+            yield history, *skip, status_html(str(exc), "error"), state
+            return
         except Exception as exc:  # the app must keep serving; the log has the traceback
             logger.exception("answering failed")
-            return history, gr.skip(), gr.skip(), gr.skip(), status_html(f"Internal error ({type(exc).__name__}: {exc}).", error=True), state
+            yield history, *skip, status_html(f"Internal error ({type(exc).__name__}: {exc}).", "error"), state
+            return
+        asked = [*history, {"role": "user", "content": question}]
+        yield asked, *skip, status_html("Answering...", "busy"), state
+        text = ""
+        for chunk in stream:
+            text += chunk
+            yield [*asked, {"role": "assistant", "content": text}], *skip, gr.skip(), state
+        try:
+            answer = stream.result()
+        except QuestionError as exc:
+            yield history, *skip, status_html(str(exc), "error"), state
+            return
+        except Exception as exc:  # already logged by the scheduler
+            yield history, *skip, status_html(f"Internal error ({type(exc).__name__}: {exc}).", "error"), state
+            return
         state["turn"] += 1
         image = state["rgb"]
         overlay = draw_overlay(image, [t.mask for t in answer.targets], [t.phrase for t in answer.targets])
         files = self._save(state, image, answer)
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text or "(no text)"}]
         found = len(answer.targets)
         message = f"Answered with {found} target mask{'s' if found != 1 else ''}."
-        return history, overlay, answer_html(answer), files, status_html(message, error=False), state
+        chat = [*asked, {"role": "assistant", "content": answer.text or "(no text)"}]
+        yield chat, overlay, answer_html(answer), files, status_html(message), state
 
     def _session_for(self, image_path: str | None, state: dict | None) -> dict:
         """The state for ``image_path``: the current one, or a new session when the image changed."""
@@ -195,13 +174,13 @@ class AppHandlers:
             raise ImageLoadError("No image: upload one (PNG, JPEG, WebP, BMP, GIF or TIFF) or pick an example.")
         if state and state.get("image") == image_path:
             return state
-        limit = self.config.max_upload_mb * 2**20
-        if os.path.isfile(image_path) and os.path.getsize(image_path) > limit:
+        limits = self.config.limits
+        if os.path.isfile(image_path) and os.path.getsize(image_path) > limits.max_upload_bytes:
             raise ImageLoadError(
-                f"The file is {os.path.getsize(image_path) / 2**20:.1f} MB, over the upload limit of {self.config.max_upload_mb:g} MB."
+                f"The file is {os.path.getsize(image_path) / 2**20:.1f} MB, over the upload limit of {limits.max_upload_mb:g} MB."
             )
-        check_image_limits(image_path, self.config.image_load_config)
-        rgb = load_image(image_path, self.config.image_load_config)
+        check_image_limits(image_path, limits.image_load_config)
+        rgb = load_image(image_path, limits.image_load_config)
         folder = Path(state["dir"]) if state and state.get("dir") else self.config.output_dir / uuid.uuid4().hex
         return {"image": image_path, "rgb": rgb, "session": self.backend.start(rgb), "turn": 0, "dir": str(folder)}
 
@@ -251,14 +230,8 @@ def build_app(backend: ChatBackend, config: AppConfig | None = None) -> gr.Block
     return demo
 
 
-def launch_kwargs(config: AppConfig, host: str, port: int) -> dict[str, Any]:
-    """Arguments for ``demo.launch``: the upload size limit and the folders Gradio may serve files from."""
+def mount_kwargs(config: AppConfig) -> dict[str, Any]:
+    """Arguments for ``gr.mount_gradio_app``: the upload size limit and the folders Gradio may serve files from."""
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    allowed = {str(config.output_dir)} | {str(Path(path).parent) for path, _ in config.examples}
-    return {
-        "server_name": host,
-        "server_port": port,
-        "max_file_size": f"{config.max_upload_mb:g}mb",
-        "allowed_paths": sorted(allowed),
-        "show_error": True,
-    }
+    allowed = {str(config.output_dir.resolve())} | {str(Path(path).resolve().parent) for path, _ in config.examples}
+    return {"max_file_size": config.limits.max_upload_bytes, "allowed_paths": sorted(allowed), "show_error": True}

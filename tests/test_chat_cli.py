@@ -19,7 +19,7 @@ import chat
 from model.tiny import build_tiny
 from serving.export import load_masks_from_json
 from serving.predictor import PixelLMPredictor
-from serving.terminal_chat import format_answer, supports_color
+from serving.terminal_chat import TerminalChatConfig, format_answer, interactive, supports_color
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,11 +102,34 @@ def test_interactive_switches_image_and_keeps_history(
     captured = capsys.readouterr()
     assert "no image yet" in captured.err and "missing.png': no such file" in captured.err
     assert "image loaded:" in captured.out and "(64x48)" in captured.out
-    assert "ASSISTANT: The pan[0]." in captured.out and "ASSISTANT: The lid[0]." in captured.out
+    assert "ASSISTANT: The pan.\n  [0] pan  score" in captured.out and "ASSISTANT: The lid.\n  [0] lid  score" in captured.out
     assert [t["phrase"] for t in json.loads((out / "kitchen_001.json").read_text())["targets"]] == ["pan"]
     second = json.loads((out / "kitchen_002.json").read_text())
     assert second["question"] == "And the lid?" and [t["phrase"] for t in second["targets"]] == ["lid"]
     assert np.asarray(Image.open(out / "kitchen_002_mask_0.png")).shape == (48, 64)
+
+
+def test_interactive_prints_the_answer_as_it_is_generated(tiny_dir: Path, image_path: Path, tmp_path: Path) -> None:
+    class Recorder(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return super().write(text)
+
+    predictor = PixelLMPredictor.from_pretrained(tiny_dir)
+    out = Recorder()
+    config = TerminalChatConfig(out_dir=tmp_path, max_new_tokens=40)
+    with ForcedAnswers(predictor.model, [[answer_ids(predictor.tokenizer, "The pan{S} and the lid{S} are on the table, side by side.")]]):
+        code = interactive(predictor, config, io.StringIO("Where are they?\n"), out, io.StringIO(), image=str(image_path))
+    assert code == 0
+    start = out.writes.index("ASSISTANT: ")
+    end = out.writes.index("\n", start)
+    pieces = out.writes[start + 1 : end]
+    assert len(pieces) > 2 and "".join(pieces) == "The pan and the lid are on the table, side by side."
+    assert "[0] pan  score" in out.getvalue() and "[1] lid  score" in out.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -145,3 +168,22 @@ def test_colours_follow_the_terminal(tiny_dir: Path, monkeypatch: pytest.MonkeyP
     assert supports_color(Tty()) and not supports_color(io.StringIO())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not supports_color(Tty())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max_batch_size", "0"], "--max_batch_size must be positive"),
+        (["--port", "70000"], "--port must be 0..65535"),
+        (["--examples_dir", "/no/such/folder"], "is not a folder"),
+    ],
+)
+def test_app_flags_that_cannot_work_are_refused(tiny_dir: Path, flags: list[str], message: str, capsys) -> None:
+    import app
+
+    with pytest.raises(SystemExit) as info:
+        app.main(["--version", str(tiny_dir), *flags])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app.main(["--version", str(tiny_dir / "missing")])
+    assert "no config.json there" in capsys.readouterr().err

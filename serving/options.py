@@ -1,0 +1,146 @@
+"""The options of ``chat.py`` and ``app.py`` as dataclasses, checked against the model folder.
+
+The scripts parse flags into ``ChatOptions`` / ``ServeOptions`` (field names are the flag names) and make
+one call (``serving.terminal_chat.run_chat``, ``serving.server.run_server``). ``check()`` raises
+``OptionsError`` with the fix for values that cannot work; the original PixelLM's flags that this
+implementation does not need are checked against the folder's ``config.json``, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.configuration_pixellm import PixelLMConfig
+
+from .image_io import ImageLoadConfig
+from .request_limits import RequestLimits
+from .scheduler import SchedulerConfig
+
+
+class OptionsError(ValueError):
+    """An option value that cannot work; the message names the flag and the fix."""
+
+
+@dataclass
+class ModelOptions:
+    """version: merged model folder. device: default cuda when a GPU is visible, else cpu.
+    precision: default bf16 on CUDA, fp32 elsewhere. alpha: "white" or "drop" (default: the folder's)."""
+
+    version: str
+    device: str | None = None
+    precision: str | None = None
+    alpha: str | None = None
+
+    def __post_init__(self) -> None:
+        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = self.precision or ("bf16" if self.device.startswith("cuda") else "fp32")
+
+    def check_folder(self) -> PixelLMConfig:
+        """The folder's config; ``OptionsError`` when there is no config.json."""
+        if not (Path(self.version) / "config.json").is_file():
+            raise OptionsError(f"--version {self.version}: no config.json there; pass a merged model folder")
+        return PixelLMConfig.from_pretrained(self.version)
+
+
+@dataclass
+class ChatOptions(ModelOptions):
+    """chat.py's flags (docs/serving.md): out_dir, image, query, max_new_tokens, model_max_length, and the
+    original's flags, which must agree with the folder (image_size, seg_token_num, image_feature_scale_num,
+    conv_type), need CUDA (load_in_8bit, load_in_4bit) or are ignored with a note (vision_tower)."""
+
+    out_dir: str = "./vis_output"
+    image: str | None = None
+    query: str | None = None
+    max_new_tokens: int = 512
+    model_max_length: int | None = None
+    image_size: int | None = None
+    conv_type: str = "llava_v1"
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    seg_token_num: int | None = None
+    image_feature_scale_num: int | None = None
+    vision_tower: str | None = None
+
+    @property
+    def quantization(self) -> str | None:
+        return "8bit" if self.load_in_8bit else "4bit" if self.load_in_4bit else None
+
+    @property
+    def image_load_config(self) -> ImageLoadConfig:
+        return ImageLoadConfig(alpha=self.alpha)
+
+    def check(self) -> list[str]:
+        """Raise ``OptionsError`` for values that contradict the folder or each other; return notes to print."""
+        config = self.check_folder()
+        for flag in ("seg_token_num", "image_feature_scale_num"):
+            given, saved = getattr(self, flag), getattr(config, flag)
+            if given is not None and given != saved:
+                raise OptionsError(f"--{flag} {given} does not match {self.version}/config.json ({flag}={saved}); drop the flag or pass {saved}")
+        if self.image_size is not None and self.image_size != config.image_size:
+            raise OptionsError(
+                f"--image_size {self.image_size}: this model has no separate SAM input; its CLIP input size is fixed by the "
+                f"folder at {config.image_size}. Drop the flag."
+            )
+        if self.conv_type != "llava_v1":
+            raise OptionsError(f"--conv_type {self.conv_type}: only llava_v1 is implemented (model/conversation.py)")
+        if self.load_in_8bit and self.load_in_4bit:
+            raise OptionsError("--load_in_8bit and --load_in_4bit exclude each other")
+        if self.quantization and not self.device.startswith("cuda"):
+            raise OptionsError(f"--load_in_8bit/--load_in_4bit need a CUDA GPU (bitsandbytes); the device is {self.device}. Use --precision bf16 instead")
+        if self.query is not None and self.image is None:
+            raise OptionsError("--query needs --image")
+        if self.max_new_tokens < 1:
+            raise OptionsError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.vision_tower:
+            return [f"note: --vision-tower {self.vision_tower} is ignored; the vision tower is loaded from {self.version}"]
+        return []
+
+
+@dataclass
+class ServeOptions(ModelOptions):
+    """app.py's flags (docs/serving.md): where to listen, the batching, the request limits, what the API
+    keeps for follow-up questions, the page's examples and output folder."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_batch_size: int = 8
+    max_queue: int = 256
+    concurrency: int = 16
+    max_new_tokens: int = 512
+    max_upload_mb: float = 10.0
+    max_pixels: int = 25_000_000
+    max_question_chars: int = 2000
+    max_conversations: int = 256
+    max_images: int = 64
+    idle_minutes: float = 30.0
+    examples_dir: str | None = None
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.output_dir = self.output_dir or str(Path(tempfile.gettempdir()) / "pixellm_app")
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(self.max_new_tokens, self.max_upload_mb, self.max_pixels, self.max_question_chars, self.alpha)
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(max_batch_size=self.max_batch_size, max_queue=self.max_queue)
+
+    def check(self) -> None:
+        """Raise ``OptionsError`` for values that cannot work."""
+        self.check_folder()
+        if not 0 <= self.port <= 65535:
+            raise OptionsError(f"--port must be 0..65535, got {self.port}")
+        positive = ["max_batch_size", "max_queue", "concurrency", "max_new_tokens", "max_upload_mb", "max_pixels",
+                    "max_question_chars", "max_conversations", "max_images", "idle_minutes"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise OptionsError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.examples_dir is not None and not Path(self.examples_dir).is_dir():
+            raise OptionsError(f"--examples_dir {self.examples_dir} is not a folder")
