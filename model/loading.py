@@ -29,6 +29,7 @@ from .tokens import resolve_token_ids, seg_token_names
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE_FIELDS = ("seg_token_num", "image_feature_scale_num")
+LAYOUTS = ("pixellm", "llava_v1", "llava_hf")
 
 
 def load_pretrained(
@@ -40,6 +41,7 @@ def load_pretrained(
     image_feature_scale_num: int | None = None,
     image_size: int = TRAINING_IMAGE_SIZE,
     model_kwargs: dict | None = None,
+    layouts: tuple[str, ...] = LAYOUTS,
     **config_overrides,
 ) -> tuple[PixelLMForCausalLM, PreTrainedTokenizerBase, PixelLMImageProcessor]:
     """(model in ``dtype``, its tokenizer, its image processor) from ``folder``.
@@ -48,11 +50,17 @@ def load_pretrained(
     ignored, with a warning, for folders that carry their CLIP. seg_token_num, image_feature_scale_num:
     None = the folder's (PixelLM) or PixelLMConfig's defaults (LLaVA). image_size: the CLIP input of a model
     built from LLaVA. model_kwargs: passed to ``from_pretrained`` of a PixelLM folder (quantisation,
-    device_map). config_overrides: PixelLMConfig fields.
+    device_map). layouts: the layouts the caller accepts (a chat needs a trained PixelLM folder).
+    config_overrides: PixelLMConfig fields.
     """
     folder = str(folder)
     config = read_config(folder)
     layout = detect_layout(folder, config)
+    if layout not in layouts:
+        raise ValueError(
+            f"{folder} is a {layout} folder, not a trained PixelLM: train one from it with train_ds.py and merge the result "
+            "(merge_lora_weights_and_save_hf_model.py), or convert a PixelLM release (python -m model.convert_pixellm)"
+        )
     if layout != "pixellm":
         defaults = PixelLMConfig()
         return build_from_llava(

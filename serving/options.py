@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from model.configuration_pixellm import PixelLMConfig
+from model.loading import check_architecture
+from model.precision import default_precision
 
 from .image_io import ImageLoadConfig
 from .request_limits import RequestLimits
@@ -37,7 +39,7 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = self.precision or ("bf16" if self.device.startswith("cuda") else "fp32")
+        self.precision = self.precision or default_precision(self.device)
 
     def check_folder(self) -> PixelLMConfig:
         """The folder's config; ``OptionsError`` when there is no config.json."""
@@ -76,10 +78,10 @@ class ChatOptions(ModelOptions):
     def check(self) -> list[str]:
         """Raise ``OptionsError`` for values that contradict the folder or each other; return notes to print."""
         config = self.check_folder()
-        for flag in ("seg_token_num", "image_feature_scale_num"):
-            given, saved = getattr(self, flag), getattr(config, flag)
-            if given is not None and given != saved:
-                raise OptionsError(f"--{flag} {given} does not match {self.version}/config.json ({flag}={saved}); drop the flag or pass {saved}")
+        try:
+            check_architecture(config, self.version, seg_token_num=self.seg_token_num, image_feature_scale_num=self.image_feature_scale_num)
+        except ValueError as err:
+            raise OptionsError(str(err)) from err
         if self.image_size is not None and self.image_size != config.image_size:
             raise OptionsError(
                 f"--image_size {self.image_size}: this model has no separate SAM input; its CLIP input size is fixed by the "

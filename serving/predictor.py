@@ -27,16 +27,16 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from model.conversation import Turn, tokenize_conversation
+from model.conversation import Turn, left_padded, tokenize_conversation
+from model.loading import load_pretrained
 from model.modeling_pixellm import ImageFeatures, PixelLMForCausalLM
+from model.precision import dtype_of
 from model.processing_pixellm import PixelLMImageProcessor
-from model.tokenization import load_tokenizer
 from model.tokens import IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, resolve_token_ids
 
 from .answer_parsing import parse_answer
@@ -44,7 +44,6 @@ from .export import ExportTarget, mask_bbox
 from .image_io import ImageLoadConfig, ImageSource, load_image
 from .text_stream import AnswerTextStreamer, TextCallback
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZATIONS = ("8bit", "4bit")
 # Modules kept in full precision when the LLM is quantised: everything that is not the language model.
 _NOT_QUANTIZED = ["vision_tower", "mm_projector", "out_mm_projector", "image_feature_neck", "seg_codebook", "pixel_decoder", "lm_head"]
@@ -195,25 +194,12 @@ class PixelLMPredictor:
         precision: "fp32", "bf16" or "fp16" for every module. quantization: None, "8bit" or "4bit" loads
         the language model through bitsandbytes (CUDA only; the vision and mask modules stay in ``precision``).
         """
-        path = Path(folder)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{path} holds no config.json: pass the folder written by the merge script or by model.tiny "
-                "(it holds config.json, the safetensors weights, the tokenizer and preprocessor_config.json)"
-            )
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         device = torch.device(device)
-        dtype = PRECISIONS[precision]
-        if quantization is None:
-            model = PixelLMForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-        else:
-            model = PixelLMForCausalLM.from_pretrained(
-                path, dtype=dtype, quantization_config=_quantization_config(quantization, device), device_map={"": device}
-            )
-        tokenizer = load_tokenizer(path)
-        processor = PixelLMImageProcessor.from_pretrained(path)
-        return cls(model, tokenizer, processor, image_load_config, model_max_length)
+        quantized = {} if quantization is None else {
+            "quantization_config": _quantization_config(quantization, device), "device_map": {"": device},
+        }
+        model, tokenizer, processor = load_pretrained(folder, dtype_of(precision), layouts=("pixellm",), model_kwargs=quantized)
+        return cls(model if quantized else model.to(device), tokenizer, processor, image_load_config, model_max_length)
 
     @property
     def device(self) -> torch.device:
@@ -387,12 +373,7 @@ class PixelLMPredictor:
         streamer: AnswerTextStreamer | None,
     ) -> list[Answer]:
         """Left-pad ``prompts`` (one per image of ``features``), generate, and build the Answers."""
-        length = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, length - len(ids) :] = 1
+        input_ids, attention_mask = left_padded(prompts, self.pad_token_id)
         out = self.model.generate_with_masks(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),

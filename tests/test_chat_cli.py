@@ -135,8 +135,8 @@ def test_interactive_prints_the_answer_as_it_is_generated(tiny_dir: Path, image_
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--seg_token_num", "1"], "does not match"),
-        (["--image_feature_scale_num", "3"], "does not match"),
+        (["--seg_token_num", "1"], "seg_token_num=1 was asked for"),
+        (["--image_feature_scale_num", "3"], "image_feature_scale_num=3 was asked for"),
         (["--image_size", "1024"], "no separate SAM input"),
         (["--conv_type", "llava_llama_2"], "only llava_v1"),
         (["--load_in_8bit", "--device", "cpu"], "need a CUDA GPU"),

@@ -225,7 +225,10 @@ def test_bf16_predictor_answers(tiny_dir: Path, image: np.ndarray) -> None:
 
 
 def test_load_errors_name_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="config.json not found: expected a model folder"):
+        PixelLMPredictor.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')
+    with pytest.raises(ValueError, match="is a llava_v1 folder, not a trained PixelLM"):
         PixelLMPredictor.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="precision must be one of"):
         PixelLMPredictor.from_pretrained(build_tiny(tmp_path / "m"), precision="int3")
