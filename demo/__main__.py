@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataset.multi_reason_seg import muse_image_path
+from serving.examples import write_model_examples
 from training.cli import build_parser
 
 from . import __doc__ as DEMO_DOC
@@ -21,9 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     (paths.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     train_runs = [paths.run(name) for name in ("train_llm_refer", "train_llm", "train_lora") if paths.run(name).is_dir()]
     plot_curves(paths.out / "pretrain", train_runs, paths.out / "learning_curves.png")
-    write_overview(paths.world, examples(paths, settings.examples), paths.out / "examples" / "overview.png")
+    answered = examples(paths, settings.examples)
+    write_overview(paths.world, answered, paths.out / "examples" / "overview.png")
+    final = paths.final if settings.lora_epochs else paths.llm_model
+    write_model_examples(final, [(muse_image_path(str(paths.world), item), item["questions"][q]) for item, q, _ in answered])
     print(f"\nmetrics: {json.dumps(metrics)}\nwritten: {paths.out / 'metrics.json'}, {paths.out / 'learning_curves.png'}, "
           f"{paths.out / 'examples'}")
+    print(f"\nChat with the model:  python chat.py --version {final} --image {final / 'examples' / 'example_0.png'}"
+          f"\nServe page and API:   python app.py --version {final}   (http://127.0.0.1:7860, API docs at /docs; "
+          "the page's examples come from the model's own world)")
 
 
 if __name__ == "__main__":

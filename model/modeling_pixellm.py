@@ -244,8 +244,10 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         past_key_values: DynamicCache | None = None,
+        last_logits_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (last-layer hidden states [Q, T, H] after the final norm, logits [Q, T, V])."""
+        """-> (last-layer hidden states [Q, T, H] after the final norm, logits [Q, T, V]; [Q, 1, V] of the last
+        position only with ``last_logits_only``, all generation needs: a 7B prompt batch's full logits take GBs)."""
         out = self.language_model.get_decoder()(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -254,7 +256,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             use_cache=past_key_values is not None,
         )
         hidden = out.last_hidden_state
-        return hidden, self.get_output_embeddings()(hidden)
+        return hidden, self.get_output_embeddings()(hidden[:, -1:] if last_logits_only else hidden)
 
     def decode_masks(
         self,
@@ -461,7 +463,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
             raise ValueError(f"max_new_tokens must be >= 1, one value or one per prompt ({q}), got {max_new_tokens}")
 
         cache = DynamicCache() if use_cache else None
-        hidden, logits = self._run_llm(embeds, attn, positions, cache)
+        hidden, logits = self._run_llm(embeds, attn, positions, cache, last_logits_only=True)
         last_hidden, next_logits = hidden[:, -1], logits[:, -1]
         steps, predicting = [], []
         done = torch.zeros(q, dtype=torch.bool, device=device)
@@ -481,7 +483,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
                 hidden, logits = self._run_llm(step_embed, attn, positions[:, -1:], cache)
             else:
                 embeds = torch.cat([embeds, step_embed], dim=1)
-                hidden, logits = self._run_llm(embeds, attn, positions)
+                hidden, logits = self._run_llm(embeds, attn, positions, last_logits_only=True)
             last_hidden, next_logits = hidden[:, -1], logits[:, -1]
         if streamer is not None:
             streamer.end()

@@ -1,0 +1,36 @@
+"""demo.recipe: the stages of the embedded default and their running ETA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from demo.recipe import REFERENCE_SECONDS, DemoSettings, Eta, Paths, Stage, demo_stages, minutes
+
+
+def test_eta_scales_the_reference_costs_by_the_measured_speed():
+    first, second = Stage("a", lambda: [], {"llm_step": 100}), Stage("b", lambda: [], {"llm_step": 300, "setup": 1})
+    eta = Eta()
+    assert eta.seconds(second) == pytest.approx(300 * REFERENCE_SECONDS["llm_step"] + REFERENCE_SECONDS["setup"])
+    eta.record(first, 2 * 100 * REFERENCE_SECONDS["llm_step"])  # this machine runs at half the reference speed
+    assert eta.speed == pytest.approx(2.0)
+    assert eta.seconds(second) == pytest.approx(2 * (300 * REFERENCE_SECONDS["llm_step"] + REFERENCE_SECONDS["setup"]))
+    assert minutes(90) == "1.5 min" and minutes(42) == "42 s"
+
+
+def test_stages_chain_their_outputs(tmp_path: Path):
+    settings = DemoSettings(out=str(tmp_path))
+    paths = Paths(tmp_path)
+    stages = demo_stages(settings, paths)
+    names = [s.name for s in stages]
+    assert names == ["synthetic world", "tiny model", "segmentation pretraining", "train_llm_refer", "train_llm", "merge the LLM",
+                     "train PixelLM with LoRA", "merge LoRA", "evaluate", "examples"]
+    commands = {s.name: s.commands() for s in stages if s.name != "examples"}
+    assert str(paths.pretrained) in commands["segmentation pretraining"][0]
+    assert ["--weight", str(paths.run("train_llm_refer") / "ckpt_model")] == commands["train_llm"][0][-2:]
+    merge = commands["merge the LLM"][0]
+    assert "--version" not in merge and merge[merge.index("--save_path") + 1] == str(paths.llm_model)  # the checkpoint carries its settings
+    assert all(s.work and all(kind in REFERENCE_SECONDS for kind in s.work) for s in stages)
+    assert [s.name for s in stages if s.training] == names[2:8]
+    assert [s.name for s in demo_stages(DemoSettings(out=str(tmp_path), refer_epochs=0, lora_epochs=0), paths)][3:5] == ["train_llm", "merge the LLM"]
