@@ -2,7 +2,7 @@
 
 ``ForcedAnswers`` hooks the LM head: at each generation step the logits are replaced by a one-hot on the
 next token of the script, so ``generate_with_masks`` runs its real path (prefill, KV cache, one hidden
-state per token, batched mask decoding) but emits the scripted answer. A prefill (more than one position)
+state per token, batched mask decoding) but emits the scripted answer. Each ``generate_with_masks`` call
 starts the next script.
 """
 
@@ -35,11 +35,7 @@ class ForcedAnswers:
         self._handle = None
 
     def _hook(self, module: torch.nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] > 1:
-            self.calls += 1
-            self.step = 0
-        else:
-            self.step += 1
+        self.step += 1
         rows = self.scripts[min(self.calls, len(self.scripts)) - 1]
         forced = torch.full_like(logits, -1e4)
         forced[:, :-1] = logits[:, :-1]
@@ -49,7 +45,20 @@ class ForcedAnswers:
 
     def __enter__(self) -> "ForcedAnswers":
         self._handle = self.model.get_output_embeddings().register_forward_hook(self._hook)
+        self._patched = vars(self.model).get("generate_with_masks")  # a test's own patch, if any
+        self._generate = self.model.generate_with_masks
+
+        def next_script(*args, **kwargs):
+            self.calls += 1
+            self.step = -1
+            return self._generate(*args, **kwargs)
+
+        self.model.generate_with_masks = next_script
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._handle.remove()
+        if self._patched is None:
+            del self.model.generate_with_masks
+        else:
+            self.model.generate_with_masks = self._patched
