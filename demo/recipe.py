@@ -45,6 +45,9 @@ class DemoSettings:
     out: str = flag("runs/demo", "where everything is written")
     seed: int = flag(0, "seed of the world, the model and every run")
     train_scenes: int = flag(4000, "training scenes of the synthetic world")
+    train_no_target_rate: float = flag(0.15, "chance of a training MUSE question about each absent colour or kind")
+    train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
+    image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss of segmentation pretraining")
     vision_steps: int = flag(3000, "vision phase of segmentation pretraining")
     pretrain_steps: int = flag(1500, "segmentation phase of segmentation pretraining")
     pretrain_lr: float = flag(1e-3, "peak learning rate of segmentation pretraining")
@@ -111,7 +114,8 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
 
     stages = [
         Stage("synthetic world", lambda: [[py, "-m", "dataset.synthetic", "--out", str(paths.world), "--seed", str(s.seed), "--preset", "demo",
-                                   "--train", str(s.train_scenes)]], {"scene": s.train_scenes}),
+                                           "--train", str(s.train_scenes), "--train_no_target_rate", str(s.train_no_target_rate),
+                                           *(["--train_combo_questions"] if s.train_combo_questions else [])]], {"scene": s.train_scenes}),
         Stage("tiny model", lambda: [[py, "-m", "model.tiny", "--out", str(paths.base), "--seed", str(s.seed),
                               "--corpus", str(paths.world / "corpus.txt")]], {"setup": 0.5}),
         Stage("segmentation pretraining", lambda: [[py, "-m", "demo.segmentation_pretraining", "--version", str(paths.base),
@@ -120,7 +124,7 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                                             "--sample_rates", "1,3", "--vision_steps", str(s.vision_steps), "--steps", str(s.pretrain_steps),
                                             "--batch_size", str(s.batch_size), "--lr", str(s.pretrain_lr), "--warmup_steps", "50",
                                             "--precision", "fp32", "--workers", "0", "--seed", str(s.seed),
-                                            "--log_dir", str(paths.out / "pretrain")]],
+                                            "--image_token_loss_weight", str(s.image_token_loss_weight), "--log_dir", str(paths.out / "pretrain")]],
               {"setup": 0.5, "vision_step": s.vision_steps, "mask_step": s.pretrain_steps}, training=True),
     ]
     weight: list[str] = []

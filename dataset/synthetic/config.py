@@ -23,6 +23,11 @@ class WorldConfig:
 
     Sizes are shape radii as fractions of the canvas's shorter side. ``min_visible`` is the smallest
     fraction of a shape's own area that must stay visible after later shapes are drawn over it.
+    MUSE questions: every colour, kind and size group of a scene, plus, with probability ``no_target_rate``
+    each, a question about an absent colour or kind (answered "none"). The training split uses
+    ``train_no_target_rate`` instead, and with ``train_combo_questions`` it also asks for colour-and-kind
+    groups ("Segment every green star.", absent ones included), which a model can only answer by reading
+    which colour each shape has; the validation and test splits never change with these two knobs.
     """
 
     colours: dict[str, tuple[int, int, int]] = field(default_factory=lambda: dict(FULL_COLOURS))
@@ -37,6 +42,8 @@ class WorldConfig:
     background_range: tuple[int, int] = (225, 250)
     muse_questions_per_image: tuple[int, int] = (2, 3)
     no_target_rate: float = 0.15
+    train_no_target_rate: float = 0.15
+    train_combo_questions: bool = False
     refs_sentences: tuple[int, int] = (1, 3)
     vqa_rounds: tuple[int, int] = (1, 3)
     explanatory_rate: float = 0.5

@@ -103,8 +103,11 @@ def _group_answer(rng: np.random.Generator, targets: list[Shape], noun: str) -> 
     return pick(rng, forms)
 
 
-def group_questions(rng: np.random.Generator, scene: Scene, colours: list[str], kinds: list[str], cfg_no_target: float) -> list[GroupQuestion]:
-    """Every attribute group of the scene as a question (colour, kind, size, all), plus absent ones."""
+def group_questions(
+    rng: np.random.Generator, scene: Scene, colours: list[str], kinds: list[str], cfg_no_target: float, combos: bool = False
+) -> list[GroupQuestion]:
+    """Every attribute group of the scene as a question (colour, kind, size, all), plus absent ones; with ``combos``
+    also every colour-and-kind group (present ones, and absent ones at the no-target rate)."""
     out: list[GroupQuestion] = []
     for colour in colours:
         targets = left_to_right([s for s in scene.shapes if s.colour == colour])
@@ -123,6 +126,14 @@ def group_questions(rng: np.random.Generator, scene: Scene, colours: list[str], 
         a = _group_answer(rng, targets, kind) if targets else pick(
             rng, [f"There is no {kind} in this image.", f"I cannot find any {plural(kind)} here."])
         out.append(GroupQuestion(q, a, targets, "kind"))
+    for colour, kind in ((c, k) for c in colours for k in kinds) if combos else ():
+        targets = left_to_right([s for s in scene.shapes if s.colour == colour and s.kind == kind])
+        if not targets and rng.random() >= cfg_no_target:
+            continue
+        q = pick(rng, [f"Segment every {colour} {kind}.", f"Where are the {colour} {plural(kind)}?", f"Find each {colour} {kind}."])
+        a = _group_answer(rng, targets, f"{colour} {kind}") if targets else pick(
+            rng, [f"There is no {colour} {kind} in this image.", f"I cannot find any {colour} {plural(kind)} here."])
+        out.append(GroupQuestion(q, a, targets, "colour and kind"))
     for size in ("small", "large"):
         targets = left_to_right([s for s in scene.shapes if s.size == size])
         if targets:

@@ -105,7 +105,10 @@ class WorldWriter:
             })
 
     def muse_item(self, image_id: int, scene: Scene, split: str, rng: np.random.Generator) -> dict | None:
-        questions = group_questions(rng, scene, list(self.cfg.colours), list(self.cfg.kinds), self.cfg.no_target_rate)
+        train = split == "train"
+        no_target_rate = self.cfg.train_no_target_rate if train else self.cfg.no_target_rate
+        questions = group_questions(rng, scene, list(self.cfg.colours), list(self.cfg.kinds), no_target_rate,
+                                    combos=train and self.cfg.train_combo_questions)
         if split == "test_less":
             questions = [q for q in questions if len(q.targets) <= 2]
         elif split == "test_many":
