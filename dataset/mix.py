@@ -7,11 +7,12 @@ sample index s therefore reproduces the run exactly (see ``dataset.sampler.Globa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from cli import flag
 from model.processing_pixellm import PixelLMImageProcessor
 
 from .multi_reason_seg import multi_reason_seg_dataset
@@ -26,28 +27,23 @@ from .vqa import vqa_dataset
 DATA_TYPES = ("sem_seg", "refer_seg", "vqa", "reason_seg", "multi_reason_seg")
 
 
-def _flag(default, help: str):
-    """A field that ``training.cli`` turns into a command-line flag."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class DataArgs:
     """Data flags, named as in the original ``train_ds.py`` (lists joined with ``||``)."""
 
-    dataset_dir: str = _flag("./dataset", "root folder of all datasets")
-    dataset: str = _flag("sem_seg||refer_seg||vqa||reason_seg", "'||'-joined data types of the training mixture")
-    sample_rates: str = _flag("9,3,3,1", "comma-separated sampling weights, one per --dataset entry")
-    sem_seg_data: str = _flag("ade20k||cocostuff||pascal_part||paco_lvis||mapillary", "'||'-joined semantic segmentation sets")
-    refer_seg_data: str = _flag("refclef||refcoco||refcoco+||refcocog", "'||'-joined referring segmentation sets")
-    vqa_data: str = _flag("llava_instruct_150k", "'||'-joined VQA sets")
-    reason_seg_data: str = _flag("ReasonSeg|train", "ReasonSeg split(s), e.g. 'ReasonSeg|train'")
-    multi_reason_seg_data: str = _flag("MultiReasonSeg|train", "MUSE split(s), e.g. 'MultiReasonSeg|train'")
-    num_classes_per_sample: int = _flag(3, "maximum questions per image")
-    num_classes_per_question: int = _flag(1, "maximum targets per question (sem_seg, refer_seg)")
-    use_expand_question_list: bool = _flag(False, "use the expanded question templates")
-    explanatory: float = _flag(0.1, "probability of an explanatory ReasonSeg answer")
-    seed: int = _flag(0, "seed of the sample order (and of the run: LoRA init, dropout)")
+    dataset_dir: str = flag("./dataset", "root folder of all datasets")
+    dataset: str = flag("sem_seg||refer_seg||vqa||reason_seg", "'||'-joined data types of the training mixture")
+    sample_rates: str = flag("9,3,3,1", "comma-separated sampling weights, one per --dataset entry")
+    sem_seg_data: str = flag("ade20k||cocostuff||pascal_part||paco_lvis||mapillary", "'||'-joined semantic segmentation sets")
+    refer_seg_data: str = flag("refclef||refcoco||refcoco+||refcocog", "'||'-joined referring segmentation sets")
+    vqa_data: str = flag("llava_instruct_150k", "'||'-joined VQA sets")
+    reason_seg_data: str = flag("ReasonSeg|train", "ReasonSeg split(s), e.g. 'ReasonSeg|train'")
+    multi_reason_seg_data: str = flag("MultiReasonSeg|train", "MUSE split(s), e.g. 'MultiReasonSeg|train'")
+    num_classes_per_sample: int = flag(3, "maximum questions per image")
+    num_classes_per_question: int = flag(1, "maximum targets per question (sem_seg, refer_seg)")
+    use_expand_question_list: bool = flag(False, "use the expanded question templates")
+    explanatory: float = flag(0.1, "probability of an explanatory ReasonSeg answer")
+    seed: int = flag(0, "seed of the sample order (and of the run: LoRA init, dropout)")
 
     def kinds(self) -> list[str]:
         kinds = [k for k in self.dataset.split("||") if k]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cli import build_parser
 from dataset.multi_reason_seg import muse_image_path
 from serving.examples import write_model_examples
-from training.cli import build_parser
 
 from . import __doc__ as DEMO_DOC
 from .plots import plot_curves, write_overview

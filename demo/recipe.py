@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import flag
 from dataset.multi_reason_seg import load_muse, muse_image_path
 from evaluation.metrics import TARGET_METRICS
-from training.cli import flag
 from training.distributed import free_port
 
 REFER_VAL = "refcoco|unc|val"

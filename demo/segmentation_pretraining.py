@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cli import build_parser, flag
 from dataset.mix import DataArgs, HybridDataset
 from dataset.sample import Sample
 from model import PixelLMForCausalLM
@@ -55,7 +56,6 @@ from model.model_folder import save_model_folder
 from model.modeling_pixellm import ImageFeatures
 from model.precision import dtype_of
 from training.args import ModelArgs, OptimArgs
-from training.cli import build_parser, flag
 from training.run_log import RunLog
 
 logger = logging.getLogger(__name__)

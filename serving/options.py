@@ -1,7 +1,8 @@
 """The options of ``chat.py`` and ``app.py`` as dataclasses, checked against the model folder.
 
-The scripts parse flags into ``ChatOptions`` / ``ServeOptions`` (field names are the flag names) and make
-one call (``serving.terminal_chat.run_chat``, ``serving.server.run_server``). ``check()`` raises
+Each field is a flag (``cli``: its default and help text are declared here, once); the scripts parse their
+flags into ``ChatOptions`` / ``ServeOptions`` and make one call (``serving.terminal_chat.run_chat``,
+``serving.server.run_server``). ``check()`` raises
 ``OptionsError`` with the fix for values that cannot work; the original PixelLM's flags that this
 implementation does not need are checked against the folder's ``config.json``, never silently ignored.
 """
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from cli import flag
 from model.configuration_pixellm import PixelLMConfig
 from model.loading import check_architecture
-from model.precision import default_precision
+from model.precision import PRECISIONS, default_precision
+from model.processing_pixellm import ALPHA_MODES
 
 from .image_io import ImageLoadConfig
 from .request_limits import RequestLimits
@@ -27,15 +30,18 @@ class OptionsError(ValueError):
     """An option value that cannot work; the message names the flag and the fix."""
 
 
+ALPHA_HELP = ("images with an alpha channel: composite onto white, or drop the alpha as the original PixelLM did "
+              "(default: the folder's preprocessor_config.json; converted releases say drop)")
+
+
 @dataclass
 class ModelOptions:
-    """version: merged model folder. device: default cuda when a GPU is visible, else cpu.
-    precision: default bf16 on CUDA, fp32 elsewhere. alpha: "white" or "drop" (default: the folder's)."""
+    """The model to serve and how to run it."""
 
-    version: str
-    device: str | None = None
-    precision: str | None = None
-    alpha: str | None = None
+    version: str = flag("", "merged model folder (config.json, weights, tokenizer, preprocessor)", required=True)
+    device: str | None = flag(None, "cpu, cuda, cuda:1, mps, ... (default: cuda when a GPU is visible, else cpu)")
+    precision: str | None = flag(None, "default: bf16 on CUDA, fp32 elsewhere", choices=sorted(PRECISIONS))
+    alpha: str | None = flag(None, ALPHA_HELP, choices=list(ALPHA_MODES))
 
     def __post_init__(self) -> None:
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,18 +60,18 @@ class ChatOptions(ModelOptions):
     original's flags, which must agree with the folder (image_size, seg_token_num, image_feature_scale_num,
     conv_type), need CUDA (load_in_8bit, load_in_4bit) or are ignored with a note (vision_tower)."""
 
-    out_dir: str = "./vis_output"
-    image: str | None = None
-    query: str | None = None
-    max_new_tokens: int = 512
-    model_max_length: int | None = None
-    image_size: int | None = None
-    conv_type: str = "llava_v1"
-    load_in_8bit: bool = False
-    load_in_4bit: bool = False
-    seg_token_num: int | None = None
-    image_feature_scale_num: int | None = None
-    vision_tower: str | None = None
+    out_dir: str = flag("./vis_output", "where masks, overlays and JSON go", flag=("--vis_save_path", "--out_dir"))
+    image: str | None = flag(None, "image to load first; with --query, the one-shot mode")
+    query: str | None = flag(None, "one question: answer it, save the files and exit")
+    max_new_tokens: int = flag(512, "answer length limit")
+    model_max_length: int | None = flag(None, "cap the context (prompt + answer) below the model's own limit")
+    image_size: int | None = flag(None, "must equal the folder's preprocessor image_size (the CLIP input)")
+    conv_type: str = flag("llava_v1", "chat template; only llava_v1 exists")
+    load_in_8bit: bool = flag(False, "8-bit LLM via bitsandbytes (CUDA only)")
+    load_in_4bit: bool = flag(False, "4-bit LLM via bitsandbytes (CUDA only)")
+    seg_token_num: int | None = flag(None, "checked against the folder's config.json")
+    image_feature_scale_num: int | None = flag(None, "checked against the folder's config.json")
+    vision_tower: str | None = flag(None, "ignored: the vision tower is part of the folder", flag=("--vision-tower", "--vision_tower"))
 
     @property
     def quantization(self) -> str | None:
@@ -107,20 +113,20 @@ class ServeOptions(ModelOptions):
     """app.py's flags (docs/serving.md): where to listen, the batching, the request limits, what the API
     keeps for follow-up questions, the page's examples and output folder."""
 
-    host: str = "127.0.0.1"
-    port: int = 7860
-    max_batch_size: int = 8
-    max_queue: int = 256
-    concurrency: int = 16
-    max_new_tokens: int = 512
-    max_upload_mb: float = 10.0
-    max_pixels: int = 25_000_000
-    max_question_chars: int = 2000
-    max_conversations: int = 256
-    max_images: int = 64
-    idle_minutes: float = 30.0
-    examples_dir: str | None = None
-    output_dir: str | None = None
+    host: str = flag("127.0.0.1", "0.0.0.0 to serve other machines")
+    port: int = flag(7860, "port of the page and the API")
+    max_batch_size: int = flag(8, "questions answered together in one batch; 1 turns batching off")
+    max_queue: int = flag(256, "questions allowed to wait; more are refused with 503")
+    concurrency: int = flag(16, "questions of the web page handed to the model at once")
+    max_new_tokens: int = flag(512, "answer length limit (API clients may ask for less)")
+    max_upload_mb: float = flag(10.0, "largest accepted upload")
+    max_pixels: int = flag(25_000_000, "largest accepted width*height (decompression-bomb guard)")
+    max_question_chars: int = flag(2000, "longest accepted question")
+    max_conversations: int = flag(256, "API conversations kept for follow-ups (least recently used dropped)")
+    max_images: int = flag(64, "API images kept for new conversations by image_id")
+    idle_minutes: float = flag(30.0, "API conversations and images unused this long are dropped")
+    examples_dir: str | None = flag(None, "folder of example images (default: the model folder's examples, else drawings)")
+    output_dir: str | None = flag(None, "where the page writes answers' files (default: pixellm_app in the temp folder)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from forced_answers import ForcedAnswers, answer_ids
 from PIL import Image
 
+from forced_answers import ForcedAnswers, answer_ids
 from model.tiny import build_tiny
 from serving.examples import choose_examples, examples_from_dir, make_example_images, model_examples, write_model_examples
 from serving.predictor import Answer, PixelLMPredictor, Target

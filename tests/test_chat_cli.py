@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from forced_answers import ForcedAnswers, answer_ids
 from PIL import Image
 
 import chat
+from forced_answers import ForcedAnswers, answer_ids
 from model.tiny import build_tiny
 from serving.export import load_masks_from_json
 from serving.predictor import PixelLMPredictor

@@ -17,13 +17,13 @@ import torch
 
 from data_fixtures import synthetic_world
 from dataset.validation import build_val_dataset
+from demo.segmentation_pretraining import PretrainArgs, pretrain_segmentation
 from evaluation.baselines import every_object_baseline
 from evaluation.evaluate import EvalOptions, evaluate
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids
 from training.args import parse_train_args
-from demo.segmentation_pretraining import PretrainArgs, pretrain_segmentation
 
 REPO = Path(__file__).resolve().parent.parent
 REFER_VAL = "refcoco|unc|val"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from forced_answers import ForcedAnswers, answer_ids
 from PIL import Image, ImageOps
 
+from forced_answers import ForcedAnswers, answer_ids
 from model.seg_codebook import find_seg_groups
 from model.tiny import build_tiny
 from model.tokens import seg_token_names

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from forced_answers import ForcedAnswers, answer_ids
 
+from forced_answers import ForcedAnswers, answer_ids
 from model.tiny import build_tiny
 from serving.predictor import Answer, ChatSession, PixelLMPredictor, QuestionError
 from serving.scheduler import BatchScheduler, QueueFullError, SchedulerClosedError, SchedulerConfig

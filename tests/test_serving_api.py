@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from forced_answers import ForcedAnswers, answer_ids
 from PIL import Image
 
+from forced_answers import ForcedAnswers, answer_ids
 from model.tiny import build_tiny
 from serving.export import rle_to_mask
 from serving.http_api import ApiConfig, build_api_router

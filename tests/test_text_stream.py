@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from forced_answers import ForcedAnswers, answer_ids
 
+from forced_answers import ForcedAnswers, answer_ids
 from model.tiny import build_tiny
 from serving.answer_parsing import settled_display_text, tidy_spacing
 from serving.predictor import PixelLMPredictor

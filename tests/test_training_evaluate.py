@@ -10,12 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_fixtures import synthetic_world, write_grefcoco
-from forced_answers import ForcedAnswers, answer_ids
 from dataset.validation import build_val_dataset
 from evaluation import EvalOptions, evaluate
+from forced_answers import ForcedAnswers, answer_ids
 from model import PixelLMForCausalLM, PixelLMImageProcessor
-from model.tokenization import load_tokenizer
 from model.conversation import left_padded
+from model.tokenization import load_tokenizer
 from model.tokens import resolve_token_ids
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli import build_parser
 from model.precision import dtype_of
 from model.tiny import build_tiny
 from training.args import ModelArgs, TrainArgs, parse_train_args
@@ -17,7 +18,6 @@ from training.determinism import set_deterministic
 from training.ds_config import build_ds_config
 from training.freeze_policy import TrainScope, prepare_trainable, trainable_summary
 from training.merge import build_merge_parser
-from training.cli import build_parser
 from training.run_log import RunLog
 from training.run_settings import resolve_settings, settings_record
 

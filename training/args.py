@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from cli import build_parser, flag
 from dataset.mix import DataArgs
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.loading import load_pretrained
 from model.precision import PRECISIONS
 
-from .cli import build_parser, flag
 from .freeze_policy import TrainScope
 
 ZERO_STAGES = (0, 2, 3)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from cli import flag
 from model import PixelLMForCausalLM
 from model.modeling_pixellm import base_model_of
 
-from .cli import flag
 from .lora import add_lora
 
 FULLY_TRAINED = ("mm_projector", "out_mm_projector", "image_feature_neck", "seg_codebook", "pixel_decoder")

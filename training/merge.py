@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from cli import HelpFormatter, add_flags, flag
 from model import PixelLMForCausalLM
 from model.model_folder import save_model_folder
 from model.precision import PRECISIONS, dtype_of
 
 from .args import ModelArgs
-from .cli import HelpFormatter, add_flags, flag
 from .freeze_policy import TrainScope, prepare_trainable
 from .run_settings import resolve_settings
 from .weights import load_state_dict_any, load_trained_weights

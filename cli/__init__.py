@@ -1,9 +1,10 @@
 """Command lines built from settings dataclasses: every field with a ``help`` in its metadata is a flag.
 
-A field is declared once, with its default and help text, in the dataclass that owns it (``ModelArgs``,
-``TrainScope``, ``dataset.mix.DataArgs``, ...); scripts compose those dataclasses and get their flags
-from here. The flag is ``--<name>`` unless the metadata names another (``--vision-tower``); booleans are
-``store_true`` switches.
+A field is declared once, with its default and help text, in the dataclass that owns it
+(``dataset.mix.DataArgs``, ``training.args.ModelArgs``, ``training.freeze_policy.TrainScope``,
+``serving.options.ChatOptions``, ...); scripts compose those dataclasses and get their flags from here. The
+flag is ``--<name>`` unless the metadata names others (``flag="--vision-tower"`` or a tuple of aliases);
+booleans are ``store_true`` switches. This package imports nothing of the project, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         meta = f.metadata
         if "help" not in meta:
             continue
-        option = meta.get("flag", f"--{f.name}")
+        names = meta.get("flag", f"--{f.name}")
+        names = (names,) if isinstance(names, str) else tuple(names)
         default = argparse.SUPPRESS if optional else (None if meta.get("required") else f.default)
         if f.type in ("bool", bool):
-            parser.add_argument(option, dest=f.name, action="store_true", default=default, help=meta["help"])
+            parser.add_argument(*names, dest=f.name, action="store_true", default=default, help=meta["help"])
             continue
         parser.add_argument(
-            option,
+            *names,
             dest=f.name,
             type=TYPES[str(f.type)],
             default=default,
