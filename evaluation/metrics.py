@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-IGNORE_LABEL = 255
+from model.losses import IGNORE_LABEL
+
 TARGET_METRICS = ("no_target_acc", "count_acc", "invented_share")
 
 MaskLike = torch.Tensor | np.ndarray

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 import chat
+from child_process import child_env
 from forced_answers import ForcedAnswers, answer_ids
 from model.tiny import build_tiny
 from serving.export import load_masks_from_json
@@ -59,7 +59,7 @@ def forced(monkeypatch: pytest.MonkeyPatch):
 
 def test_one_shot_subprocess_writes_json_and_overlay(tiny_dir: Path, image_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    env = child_env(NO_COLOR="1")
     cmd = [sys.executable, "chat.py", "--version", str(tiny_dir), "--image", str(image_path), "--query", "Segment the pan.",
            "--out_dir", str(out), "--max_new_tokens", "16", "--precision", "fp32"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

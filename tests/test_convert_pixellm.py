@@ -9,7 +9,6 @@ checks the conversion itself: key mapping, files, tokenizer behaviour, dtypes, p
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -21,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from child_process import child_env
 from model import PixelLMConfig, PixelLMForCausalLM, PixelLMImageProcessor
 from model.convert_pixellm import DROPPED_KEYS, convert, map_key
 from model.model_folder import current_umask
@@ -41,7 +41,7 @@ def source_state() -> dict[str, torch.Tensor]:
 def converted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the converter's command line once on the fixture, as a user would (default --dtype auto)."""
     out = tmp_path_factory.mktemp("convert") / "converted"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmd = [sys.executable, "-m", "model.convert_pixellm", "--src", str(FIXTURE / "hf_model"), "--clip", str(FIXTURE / "clip"), "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

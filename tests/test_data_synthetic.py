@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+from child_process import child_env
 from dataset.collate import Collator
 from dataset.mix import DataArgs, HybridDataset
 from dataset.sampler import GlobalIndexSampler
@@ -30,7 +31,7 @@ ALL = "sem_seg||refer_seg||vqa||reason_seg||multi_reason_seg"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = child_env()
     subprocess.run([sys.executable, "-m", "dataset.synthetic", "--out", str(out), "--seed", "3", "--train", "40", "--val", "8"],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     lines = (out / "corpus.txt").read_text().splitlines()

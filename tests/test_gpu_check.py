@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,6 +16,7 @@ import torch
 from bench.gpu_check import FULL, SECTIONS, TINY, GpuCheck
 from bench.memory_estimate import TrainingSetup, lora_params, model_shape
 from bench.random_pixellm import build_random_pixellm, preset_kwargs
+from child_process import child_env
 from model import PixelLMConfig
 from training.args import TrainArgs
 from training.distributed import DistInfo
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_form_runs_every_section_and_writes_json_and_table(tmp_path):
     out = tmp_path / "gpu_check_tiny.json"
     # Passive OpenMP threads: on a machine shared with other jobs, spinning ones slow DeepSpeed's steps many times over.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **child_env(threads=None), "PYTHONUNBUFFERED": "1"}
     run = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--tiny", "--out", str(out)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,

@@ -9,7 +9,6 @@ identical masks, ``--eval_only`` on the merged folder.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from child_process import child_env
 from data_fixtures import synthetic_world
 from dataset.multi_reason_seg import load_muse
 from dataset.validation import build_val_dataset
@@ -28,7 +28,7 @@ from model import PixelLMForCausalLM
 from model.tokens import resolve_token_ids
 from training.args import ModelArgs, parse_train_args
 from training.checkpoint import LATEST, read_latest
-from training.distributed import RENDEZVOUS_VARS, free_port
+from training.distributed import free_port
 from training.freeze_policy import TrainScope, prepare_trainable
 from training.merge import MergeArgs, merge_lora_checkpoint
 from training.weights import load_state_dict_any, load_trained_weights
@@ -45,13 +45,6 @@ FAST_FLAGS = ["--precision", "fp32", "--torch_adam", "--workers", "0", "--batch_
 def world(tmp_path_factory) -> dict[str, Path]:
     """A small synthetic dataset tree and a tiny model whose tokenizer was trained on its corpus."""
     return synthetic_world(tmp_path_factory.mktemp("train_world"), train=16, val=3)
-
-
-def child_env(threads: int = 1) -> dict[str, str]:
-    """The environment of a child run: offline, ``threads`` intra-op threads, no rendezvous variables of this process."""
-    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO))
-    return env
 
 
 def run_args(world: dict[str, Path], exp: str, *extra: str) -> list[str]:
