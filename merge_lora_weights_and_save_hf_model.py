@@ -7,17 +7,14 @@ flags in run_settings.json), or the output of its zero_to_fp32.py (a folder or a
 file), which needs --version and the training run's --lora_* / --train_* flags.
 """
 
-import dataclasses
 import logging
 
-from training.merge import MergeArgs, build_merge_parser, merge_lora_checkpoint
+from training.merge import merge_lora_checkpoint, parse_merge_args
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    parsed = vars(build_merge_parser(__doc__).parse_args())
-    names = {f.name for f in dataclasses.fields(MergeArgs)}
-    out = merge_lora_checkpoint(MergeArgs(**{k: v for k, v in parsed.items() if k in names}), {k: v for k, v in parsed.items() if k not in names})
+    out = merge_lora_checkpoint(*parse_merge_args(__doc__))
     print(f"merged model written to {out}")
 
 

@@ -26,7 +26,6 @@ import io
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import REPO_ROOT, text_table, write_results  # noqa: E402
 from model.tiny import build_tiny  # noqa: E402
 from serving.examples import make_example_images, model_examples  # noqa: E402
+from training.distributed import free_port  # noqa: E402
 
 QUESTIONS = ["Please segment the red circle.", "Where is the blue square?", "Segment the dark bar.", "What else is there?", "And the background?"]
 
@@ -62,12 +62,6 @@ class LoadResult:
     mean_batch_size: float
     model_ms_per_answer: float
     worker_busy_percent: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def workload(version: Path, folder: Path) -> list[tuple[bytes, str]]:

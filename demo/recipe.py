@@ -144,7 +144,7 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                             training=True))
         stages.append(Stage("merge LoRA", lambda: [[py, "merge_lora_weights_and_save_hf_model.py", "--weight", str(paths.run("train_lora") / "ckpt_model"),
                                             "--save_path", str(paths.final), "--precision", "fp32"]], {"setup": 0.5}, training=True))
-    final = paths.final if s.lora_epochs else paths.llm_model
+    final = final_model(s, paths)
     every_split = "||".join((REFER_VAL, MUSE_VAL, *MUSE_TESTS))
     stages.append(Stage("evaluate", lambda: [[py, "train_ds.py", "--eval_only", "--version", str(final), "--exp_name", "eval",
                                       "--val_dataset", every_split, *common]], {"setup": 0.5, "val_image": 4 * s.val_limit}))
@@ -154,6 +154,11 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
         for item, q, folder in examples(paths, s.examples)
     ], {"answer": s.examples}))
     return stages
+
+
+def final_model(s: DemoSettings, paths: Paths) -> Path:
+    """The folder the demo evaluates and chats with: the LoRA stage's merge, or the LLM stage's without one."""
+    return paths.final if s.lora_epochs else paths.llm_model
 
 
 def examples(paths: Paths, count: int) -> list[tuple[dict, int, Path]]:

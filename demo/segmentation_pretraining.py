@@ -141,8 +141,8 @@ def collate_samples(samples: list[Sample], grid: int, llm_grid: int, image_size:
     }
 
 
-def name_states(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch.Tensor:
-    """The stand-in seg states of each class name: [N, K, H], the LLM's final norm of its mean token embedding."""
+def name_embeddings(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch.Tensor:
+    """The mean input embedding of each name's tokens: [N, H]."""
     embed = model.get_input_embeddings()
     device = embed.weight.device
     means = []
@@ -151,10 +151,15 @@ def name_states(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch
         if not ids:
             raise ValueError(f"class name {name!r} tokenises to nothing")
         means.append(embed(torch.tensor(ids, device=device)).mean(0))
+    return torch.stack(means)
+
+
+def name_states(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch.Tensor:
+    """The stand-in seg states of each class name: [N, K, H], the LLM's final norm of its mean token embedding."""
     final_norm = getattr(model.language_model.get_decoder(), "norm", None)
     if final_norm is None:
         raise TypeError(f"{type(model.language_model).__name__} has no final norm at .model.norm; this stage supports LLaMA-style LLMs")
-    states = final_norm(torch.stack(means))
+    states = final_norm(name_embeddings(model, tokenizer, names))
     return states[:, None].expand(-1, model.config.tokens_per_target, -1)
 
 
@@ -205,9 +210,7 @@ def image_token_loss(model: PixelLMForCausalLM, features: ImageFeatures, batch: 
     labelled = labels != IGNORE_INDEX
     if not labelled.any():
         return features.llm_embeds.sum() * 0.0, float("nan")
-    embed = model.get_input_embeddings()
-    names = torch.stack([embed(torch.tensor(tokenizer(n, add_special_tokens=False).input_ids, device=labels.device)).mean(0)
-                         for n in batch["class_names"]])
+    names = name_embeddings(model, tokenizer, batch["class_names"])
     tokens = F.normalize(features.llm_embeds.reshape(-1, names.shape[-1]), dim=-1)
     logits = PATCH_LOGIT_SCALE * tokens @ F.normalize(names, dim=-1).T
     accuracy = float((logits[labelled].argmax(-1) == labels[labelled]).float().mean())

@@ -3,7 +3,7 @@
 ``ModelArgs`` (what model a run starts from), ``training.freeze_policy.TrainScope`` (what it trains) and
 ``dataset.mix.DataArgs`` (its data) are the building blocks; ``TrainArgs`` inherits all three and adds the
 optimisation, validation and run flags. ``parse_train_args(argv)`` builds the command line from the fields
-(``training.cli``), so the dataclasses are the single list of options, defaults and help texts.
+(``cli``), so the dataclasses are the single list of options, defaults and help texts.
 """
 
 from __future__ import annotations

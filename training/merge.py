@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -50,6 +50,13 @@ def build_merge_parser(description: str) -> argparse.ArgumentParser:
     add_flags(training, ModelArgs, optional=True)
     add_flags(training, TrainScope, optional=True)
     return parser
+
+
+def parse_merge_args(description: str, argv: list[str] | None = None) -> tuple[MergeArgs, dict]:
+    """The command line -> (``MergeArgs``, the training flags given explicitly, for ``merge_lora_checkpoint``)."""
+    parsed = vars(build_merge_parser(description).parse_args(argv))
+    names = {f.name for f in fields(MergeArgs)}
+    return MergeArgs(**{k: v for k, v in parsed.items() if k in names}), {k: v for k, v in parsed.items() if k not in names}
 
 
 def merge_lora_checkpoint(args: MergeArgs, given: dict | None = None) -> Path:

@@ -214,13 +214,14 @@ def train(args: TrainArgs) -> dict:
     val_sets = {} if args.no_eval else build_val_sets(args, tokenizer, processor, token_ids, config.num_image_tokens)
     dtype = next(engine.module.parameters()).dtype
     log = RunLog(args.run_dir, dist.is_main)
+    settings = settings_record(args, args)
     total_steps = args.epochs * args.steps_per_epoch
     last: dict[str, dict] = {}
     try:
         state.restore_rng()
         while state.global_step < total_steps:
             epoch = state.global_step // args.steps_per_epoch
-            train_epoch(args, engine, dataset, collator, state, trainable, epoch, dist, dtype, log)
+            train_epoch(args, engine, dataset, collator, state, trainable, settings, epoch, dist, dtype, log)
             report_skips(dataset.skip_counter, logger.info if dist.is_main else logger.debug)
             is_best = args.no_eval
             if val_sets:
@@ -228,19 +229,21 @@ def train(args: TrainArgs) -> dict:
                 is_best = mean_giou(last) > state.best_giou
                 if is_best:
                     state.best_giou = mean_giou(last)
-            save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, settings_record(args, args), dist)
+            save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, settings, dist)
             if is_best:
                 metrics = {"epoch": epoch, **{f"{name}/{k}": v for name, r in last.items() for k, v in r.items()}}
-                save_best(engine, args.run_dir, state, trainable, settings_record(args, args), metrics, dist)
+                save_best(engine, args.run_dir, state, trainable, settings, metrics, dist)
     finally:
         log.close()
     return {"global_step": state.global_step, "best_giou": state.best_giou, "last": last}
 
 
 def train_epoch(
-    args: TrainArgs, engine, dataset, collator, state: TrainState, trainable: list[str], epoch: int, dist: DistInfo, dtype, log: RunLog
+    args: TrainArgs, engine, dataset, collator, state: TrainState, trainable: list[str], settings: dict, epoch: int, dist: DistInfo,
+    dtype, log: RunLog,
 ) -> None:
-    """Optimizer steps state.global_step .. epoch_end - 1 of ``epoch``; checkpoints every ``--save_steps``."""
+    """Optimizer steps state.global_step .. epoch_end - 1 of ``epoch``; checkpoints (with the run's ``settings``) every
+    ``--save_steps``."""
     epoch_end = (epoch + 1) * args.steps_per_epoch
     loader = build_train_loader(args, dataset, collator, state.global_step, epoch_end, dist.rank, dist.world_size)
     batches = iter(loader)
@@ -273,6 +276,6 @@ def train_epoch(
                 progress.set_postfix(loss=f"{losses['loss']:.4f}", ce=f"{losses['ce_loss']:.3f}", dice=f"{losses['dice_loss']:.3f}", lr=f"{lr:.2e}", s_step=f"{step_time:.2f}")
             progress.update(1)
             if args.save_steps and state.global_step % args.save_steps == 0 and state.global_step != epoch_end:
-                save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, settings_record(args, args), dist)
+                save_checkpoint(engine, f"{args.run_dir}/{CKPT_DIR}", state, trainable, settings, dist)
     finally:
         progress.close()

@@ -6,6 +6,7 @@ to right, and that is also the order of their masks.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,37 +104,51 @@ def _group_answer(rng: np.random.Generator, targets: list[Shape], noun: str) -> 
     return pick(rng, forms)
 
 
+def _attribute_question(
+    rng: np.random.Generator, targets: list[Shape], cfg_no_target: float, questions: list[str], noun: str, absent: list[str],
+    attribute: str,
+) -> GroupQuestion | None:
+    """One of ``questions`` about ``targets`` (answered with ``noun``s), or about an absent group (answered with one of
+    ``absent``) at the rate ``cfg_no_target``; None when an absent group is not asked about."""
+    if not targets and rng.random() >= cfg_no_target:
+        return None
+    q = pick(rng, questions)
+    a = _group_answer(rng, targets, noun) if targets else pick(rng, absent)
+    return GroupQuestion(q, a, targets, attribute)
+
+
 def group_questions(
     rng: np.random.Generator, scene: Scene, colours: list[str], kinds: list[str], cfg_no_target: float, combos: bool = False
 ) -> list[GroupQuestion]:
     """Every attribute group of the scene as a question (colour, kind, size, all), plus absent ones; with ``combos``
     also every colour-and-kind group (present ones, and absent ones at the no-target rate)."""
-    out: list[GroupQuestion] = []
-    for colour in colours:
-        targets = left_to_right([s for s in scene.shapes if s.colour == colour])
-        if not targets and rng.random() >= cfg_no_target:
-            continue
-        q = pick(rng, [f"Segment every {colour} shape.", f"Where are the {colour} shapes?",
-                       f"Find all {colour} shapes in the picture.", f"Which shapes are {colour}?"])
-        a = _group_answer(rng, targets, f"{colour} shape") if targets else pick(
-            rng, [f"There is no {colour} shape in this image.", f"I cannot find any {colour} shape here."])
-        out.append(GroupQuestion(q, a, targets, "colour"))
-    for kind in kinds:
-        targets = left_to_right([s for s in scene.shapes if s.kind == kind])
-        if not targets and rng.random() >= cfg_no_target:
-            continue
-        q = pick(rng, [f"Segment every {kind}.", f"Where are all the {plural(kind)}?", f"Find each {kind} in the image."])
-        a = _group_answer(rng, targets, kind) if targets else pick(
-            rng, [f"There is no {kind} in this image.", f"I cannot find any {plural(kind)} here."])
-        out.append(GroupQuestion(q, a, targets, "kind"))
-    for colour, kind in ((c, k) for c in colours for k in kinds) if combos else ():
-        targets = left_to_right([s for s in scene.shapes if s.colour == colour and s.kind == kind])
-        if not targets and rng.random() >= cfg_no_target:
-            continue
-        q = pick(rng, [f"Segment every {colour} {kind}.", f"Where are the {colour} {plural(kind)}?", f"Find each {colour} {kind}."])
-        a = _group_answer(rng, targets, f"{colour} {kind}") if targets else pick(
-            rng, [f"There is no {colour} {kind} in this image.", f"I cannot find any {colour} {plural(kind)} here."])
-        out.append(GroupQuestion(q, a, targets, "colour and kind"))
+    asked = [
+        _attribute_question(
+            rng, left_to_right([s for s in scene.shapes if s.colour == colour]), cfg_no_target,
+            [f"Segment every {colour} shape.", f"Where are the {colour} shapes?",
+             f"Find all {colour} shapes in the picture.", f"Which shapes are {colour}?"],
+            f"{colour} shape", [f"There is no {colour} shape in this image.", f"I cannot find any {colour} shape here."], "colour",
+        )
+        for colour in colours
+    ]
+    asked += [
+        _attribute_question(
+            rng, left_to_right([s for s in scene.shapes if s.kind == kind]), cfg_no_target,
+            [f"Segment every {kind}.", f"Where are all the {plural(kind)}?", f"Find each {kind} in the image."],
+            kind, [f"There is no {kind} in this image.", f"I cannot find any {plural(kind)} here."], "kind",
+        )
+        for kind in kinds
+    ]
+    asked += [
+        _attribute_question(
+            rng, left_to_right([s for s in scene.shapes if s.colour == colour and s.kind == kind]), cfg_no_target,
+            [f"Segment every {colour} {kind}.", f"Where are the {colour} {plural(kind)}?", f"Find each {colour} {kind}."],
+            f"{colour} {kind}", [f"There is no {colour} {kind} in this image.", f"I cannot find any {colour} {plural(kind)} here."],
+            "colour and kind",
+        )
+        for colour, kind in (itertools.product(colours, kinds) if combos else ())
+    ]
+    out = [q for q in asked if q is not None]
     for size in ("small", "large"):
         targets = left_to_right([s for s in scene.shapes if s.size == size])
         if targets:
@@ -190,7 +205,7 @@ def vqa_rounds(rng: np.random.Generator, scene: Scene, kinds: list[str], rounds:
     pool: list[tuple[str, str]] = []
     n = len(scene.shapes)
     pool.append((pick(rng, ["How many shapes are there?", "How many shapes are in the image?"]),
-                 f"There is one shape." if n == 1 else f"There are {NUMBER_WORDS[n]} shapes."))
+                 "There is one shape." if n == 1 else f"There are {NUMBER_WORDS[n]} shapes."))
     kind = pick(rng, kinds)
     k = sum(s.kind == kind for s in scene.shapes)
     pool.append((f"How many {plural(kind)} are there?",
