@@ -146,7 +146,8 @@ class DeviceMemory:
         """Free what is unreferenced and start a new peak."""
         gc.collect()
         if self.cuda:
-            torch.cuda.empty_cache()
+            with torch.cuda.device(self.device):
+                torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def allocated_gib(self) -> float | None:
