@@ -46,6 +46,8 @@ class DemoSettings:
     seed: int = flag(0, "seed of the world, the model and every run")
     train_scenes: int = flag(4000, "training scenes of the synthetic world")
     llm_layers: int = flag(2, "decoder layers of the tiny LLM")
+    no_repeat_target_ngram_size: int = flag(3, "the model's decoding rule: never name a target twice, a name being this many "
+                                                "tokens before a seg group (0: off; model/target_repeat_ban.py)")
     train_no_target_rate: float = flag(0.15, "chance of a training MUSE question about each absent colour or kind")
     train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
     image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss of segmentation pretraining")
@@ -118,7 +120,8 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                                            "--train", str(s.train_scenes), "--train_no_target_rate", str(s.train_no_target_rate),
                                            *(["--train_combo_questions"] if s.train_combo_questions else [])]], {"scene": s.train_scenes}),
         Stage("tiny model", lambda: [[py, "-m", "model.tiny", "--out", str(paths.base), "--seed", str(s.seed),
-                              "--corpus", str(paths.world / "corpus.txt"), "--llm_layers", str(s.llm_layers)]], {"setup": 0.5}),
+                              "--corpus", str(paths.world / "corpus.txt"), "--llm_layers", str(s.llm_layers),
+                              "--no_repeat_target_ngram_size", str(s.no_repeat_target_ngram_size)]], {"setup": 0.5}),
         Stage("segmentation pretraining", lambda: [[py, "-m", "demo.segmentation_pretraining", "--version", str(paths.base),
                                             "--dataset_dir", str(paths.world), "--out", str(paths.pretrained),
                                             "--dataset", "sem_seg||refer_seg", "--sem_seg_data", "ade20k", "--refer_seg_data", "refcoco",

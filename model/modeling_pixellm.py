@@ -18,6 +18,7 @@ from .losses import bce_per_mask, dice_per_mask, refinement_per_mask
 from .pixel_decoder import FeatureNeck, PixelDecoder
 from .processing_pixellm import postprocess_masks
 from .seg_codebook import SegCodebook, SegGroups, find_seg_groups
+from .target_repeat_ban import TargetRepeatBan
 from .vision_tower import encode_levels, patch_validity
 
 MODEL_INPUT_KEYS = (
@@ -445,6 +446,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         eos_token_id: int | None = None,
         use_cache: bool = True,
         streamer: BaseStreamer | None = None,
+        no_repeat_target_ngram_size: int | None = None,
     ) -> PixelLMGenerateOutput:
         """Greedy generation for Q left-padded prompts, then all their masks in one decoder call.
 
@@ -453,6 +455,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         it is computed, so seg groups need no second pass, and the LLM runs once per token that is kept:
         prefill, then one step per further token. ``streamer.put(tokens [Q])`` sees each step's tokens (a
         finished prompt's row repeats its eos), ``streamer.end()`` the end of generation.
+        ``no_repeat_target_ngram_size`` (default: the config's; 0: off): an answer does not name the same target
+        twice, a name being that many tokens before a seg group (``model/target_repeat_ban.py``).
         """
         features, row_image, embeds, attn, positions = self._prepare(input_ids, attention_mask, pixel_values, clip_resize, offset, image_features)
         sizes = self._output_sizes(features.llm_embeds.shape[0], None, original_sizes, features.clip_resize)
@@ -467,8 +471,14 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         last_hidden, next_logits = hidden[:, -1], logits[:, -1]
         steps, predicting = [], []
         done = torch.zeros(q, dtype=torch.bool, device=device)
+        ngram = self.config.no_repeat_target_ngram_size if no_repeat_target_ngram_size is None else no_repeat_target_ngram_size
+        ban = TargetRepeatBan(ngram, list(self.config.seg_token_ids), q) if ngram else None
         while True:
+            if ban is not None:
+                next_logits = ban.apply(next_logits)
             token = torch.where(done, torch.full_like(done, eos, dtype=torch.long), self._greedy_token(next_logits))
+            if ban is not None:
+                ban.record(token)
             steps.append(token)
             predicting.append(last_hidden)
             if streamer is not None:
