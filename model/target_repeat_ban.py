@@ -9,6 +9,8 @@ that would complete the same name again is banned, so the model names another ta
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 
@@ -22,14 +24,14 @@ class TargetRepeatBan:
         if size < 1:
             raise ValueError(f"a target name is at least 1 token long, got size {size}")
         self.size, self.group_start, self.seg = size, seg_token_ids[0], set(seg_token_ids)
-        self.history: list[list[int]] = [[] for _ in range(rows)]
+        self.history: list[deque[int]] = [deque(maxlen=size) for _ in range(rows)]  # the last `size` tokens of each row
         self.names: list[set[tuple[int, ...]]] = [set() for _ in range(rows)]
 
     def record(self, tokens: torch.Tensor) -> None:
         """tokens [Q]: the token each row generated this step. A group start closes the name before it."""
         for row, token in enumerate(tokens.tolist()):
             history = self.history[row]
-            name = tuple(history[-self.size:])
+            name = tuple(history)
             if token == self.group_start and len(name) == self.size and not self.seg.intersection(name):
                 self.names[row].add(name)
             history.append(token)
@@ -38,8 +40,8 @@ class TargetRepeatBan:
         """logits [Q, V] -> a copy with -inf at every token that would repeat a name of its row."""
         banned = []
         for row, (names, history) in enumerate(zip(self.names, self.history)):
-            start = history[len(history) - (self.size - 1):] if self.size > 1 else []
-            banned += [(row, name[-1]) for name in names if tuple(start) == name[:-1]]
+            start = tuple(history)[len(history) - self.size + 1:]  # the last size - 1 tokens (fewer at the start: no match)
+            banned += [(row, name[-1]) for name in names if start == name[:-1]]
         if not banned:
             return logits
         logits = logits.clone()
