@@ -5,8 +5,9 @@ Every stage runs the same command-line tools a user runs on real data, on CPU he
 where there is one (``demo.recipe.demo_stages`` lists them):
 
 1. ``python -m dataset.synthetic``   writes the synthetic world in the real datasets' formats;
-2. ``python -m model.tiny``          builds a tiny random PixelLM whose tokenizer covers the world's text, its
-   config asking generation never to name a target twice in one answer (``model/target_repeat_ban.py``);
+2. ``python -m model.tiny``          builds a tiny random PixelLM (a 4-layer LLM, ``--llm_layers``) whose
+   tokenizer covers the world's text, its config asking generation never to name a target twice in one
+   answer (``model/target_repeat_ban.py``);
 3. ``python -m demo.segmentation_pretraining`` gives it what CLIP and LLaVA give the real model: its vision
    tower learns shapes and colours, its decoder learns to segment named targets (a random LLM cannot yet
    give the decoder usable prompts);
