@@ -40,7 +40,8 @@ class TargetRepeatBan:
         """logits [Q, V] -> a copy with -inf at every token that would repeat a name of its row."""
         banned = []
         for row, (names, history) in enumerate(zip(self.names, self.history)):
-            start = tuple(history)[len(history) - self.size + 1:]  # the last size - 1 tokens (fewer at the start: no match)
+            # A name is recorded only after `size` tokens and a group start, so a row with names has a full history.
+            start = tuple(history)[1:]
             banned += [(row, name[-1]) for name in names if start == name[:-1]]
         if not banned:
             return logits
