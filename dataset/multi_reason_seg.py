@@ -25,7 +25,7 @@ from .questions import image_question
 from .sample import Sample
 from .skips import SkipCounter
 from .source import DataContext, TypeDataset, parse_split_spec
-from .templates import fill, join_names
+from .templates import Templates, fill, join_names
 
 MUSE_SPLITS = ("train", "val", "test_less", "test_many")
 SEG_PLACEHOLDER = "{seg}"
@@ -97,6 +97,12 @@ def question_problem(item: dict, q: int) -> str | None:
     return None
 
 
+def muse_question(text: str, templates: Templates, template_index: int = 0) -> str:
+    """A MUSE question as the model is asked it: ``text`` in long template ``template_index`` (training draws
+    one at random; validation and the demo's examples take the first, "... Please respond with segmentation mask.")."""
+    return fill(templates.long[template_index % len(templates.long)], sent=str(text).strip())
+
+
 def muse_answer(item: dict, q: int, seg: str, ctx: DataContext, rng: np.random.Generator) -> tuple[str, list[str]]:
     """The answer text (seg groups in ``answers[q]`` order) and the target names."""
     anns = item["answers"][q]
@@ -141,9 +147,8 @@ class MuseSource:
         height, width = int(item["height"]), int(item["width"])
         check_image_size(image, height, width, path)
         conversations, targets, masks = [], [], []
-        long = self.ctx.templates.long
         for q in valid:
-            question = fill(long[int(rng.integers(len(long)))], sent=str(item["questions"][q]).strip())
+            question = muse_question(item["questions"][q], self.ctx.templates, int(rng.integers(len(self.ctx.templates.long))))
             answer, names = muse_answer(item, q, self.ctx.seg, self.ctx, rng)
             conversations.append([Turn(image_question(question), answer)])
             targets.append(names)

@@ -30,7 +30,7 @@ from model.tokens import PixelLMTokenIds, seg_group_text
 from .collate import Collator
 from .errors import SkipItem
 from .image_io import check_image_size, check_polygons, read_rgb
-from .multi_reason_seg import load_muse, muse_image_path, question_masks, question_problem, target_name
+from .multi_reason_seg import load_muse, muse_image_path, muse_question, question_masks, question_problem, target_name
 from .questions import image_question
 from .reason_seg import list_reason_images, read_reason_json, reason_mask, reason_question
 from .refer_annotations import REFER_DATASETS, Expression, ReferData, load_refer
@@ -97,7 +97,7 @@ class ValDataset(Dataset):
             muse_item, valid = item.payload
             check_image_size(image, int(muse_item["height"]), int(muse_item["width"]), item.image_path)
             for q in valid:
-                question = fill(self.templates.long[0], sent=str(muse_item["questions"][q]).strip())
+                question = muse_question(muse_item["questions"][q], self.templates)
                 conversations.append([Turn(image_question(question), None)])
                 anns = muse_item["answers"][q]
                 targets.append([target_name(a, None) for a in anns])

@@ -11,7 +11,7 @@ from serving.examples import write_model_examples
 
 from . import __doc__ as DEMO_DOC
 from .plots import plot_curves, write_overview
-from .recipe import DemoSettings, Paths, demo_metrics, demo_stages, examples, final_model, run_stages
+from .recipe import DemoSettings, Paths, demo_metrics, demo_stages, example_question, examples, final_model, run_stages
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     answered = examples(paths, settings.examples)
     write_overview(paths.world, answered, paths.out / "examples" / "overview.png")
     final = final_model(settings, paths)
-    write_model_examples(final, [(muse_image_path(str(paths.world), item), item["questions"][q]) for item, q, _ in answered])
+    write_model_examples(final, [(muse_image_path(str(paths.world), item), example_question(item, q)) for item, q, _ in answered])
     print(f"\nmetrics: {json.dumps(metrics)}\nwritten: {paths.out / 'metrics.json'}, {paths.out / 'learning_curves.png'}, "
           f"{paths.out / 'examples'}")
     print(f"\nChat with the model:  python chat.py --version {final} --image {final / 'examples' / 'example_0.png'}"

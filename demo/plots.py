@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +114,11 @@ def write_overview(world: Path, examples: list[tuple[dict, int, Path]], out: Pat
             raise FileNotFoundError(f"{answer_json} is missing: chat.py --image {image_path} --out_dir {folder} writes it")
         answer = json.loads(answer_json.read_text())
         ax_truth.imshow(truth)
-        ax_truth.set_title(f"Q: {answer['question']}\nexpected: {len(anns)} target(s)", fontsize=9, loc="left")
+        question = textwrap.fill(f"Q: {answer['question']}", 48)
+        ax_truth.set_title(f"{question}\nexpected: {len(anns)} target(s)", fontsize=9, loc="left")
         ax_answer.imshow(read_rgb(str(folder / f"{image_path.stem}_overlay.png")))
-        ax_answer.set_title(f"A: {answer['answer']}\nanswered: {len(answer['targets'])} mask(s)", fontsize=9, loc="left", wrap=True)
+        reply = textwrap.fill(f"A: {answer['answer']}", 48)
+        ax_answer.set_title(f"{reply}\nanswered: {len(answer['targets'])} mask(s)", fontsize=9, loc="left")
         for ax in (ax_truth, ax_answer):
             ax.axis("off")
     fig.tight_layout()

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cli import flag
-from dataset.multi_reason_seg import load_muse, muse_image_path
+from dataset.multi_reason_seg import load_muse, muse_image_path, muse_question
+from dataset.templates import load_templates
 from evaluation.metrics import TARGET_METRICS
 from training.distributed import free_port
 
@@ -51,6 +52,7 @@ class DemoSettings:
                                                 "tokens before a seg group (0: off; model/target_repeat_ban.py)")
     train_no_target_rate: float = flag(0.15, "chance of a training MUSE question about each absent colour or kind")
     train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
+    vqa_presence_questions: bool = flag(False, "VQA also asks whether a kind or a colour is there (docs/training.md)")
     image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss of segmentation pretraining")
     vision_steps: int = flag(3000, "vision phase of segmentation pretraining")
     pretrain_steps: int = flag(1500, "segmentation phase of segmentation pretraining")
@@ -119,7 +121,8 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
     stages = [
         Stage("synthetic world", lambda: [[py, "-m", "dataset.synthetic", "--out", str(paths.world), "--seed", str(s.seed), "--preset", "demo",
                                            "--train", str(s.train_scenes), "--train_no_target_rate", str(s.train_no_target_rate),
-                                           *(["--train_combo_questions"] if s.train_combo_questions else [])]], {"scene": s.train_scenes}),
+                                           *(["--train_combo_questions"] if s.train_combo_questions else []),
+                                           *(["--vqa_presence_questions"] if s.vqa_presence_questions else [])]], {"scene": s.train_scenes}),
         Stage("tiny model", lambda: [[py, "-m", "model.tiny", "--out", str(paths.base), "--seed", str(s.seed),
                               "--corpus", str(paths.world / "corpus.txt"), "--llm_layers", str(s.llm_layers),
                               "--no_repeat_target_ngram_size", str(s.no_repeat_target_ngram_size)]], {"setup": 0.5}),
@@ -153,7 +156,7 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
     stages.append(Stage("evaluate", lambda: [[py, "train_ds.py", "--eval_only", "--version", str(final), "--exp_name", "eval",
                                       "--val_dataset", every_split, *common]], {"setup": 0.5, "val_image": 4 * s.val_limit}))
     stages.append(Stage("examples", lambda: [
-        [py, "chat.py", "--version", str(final), "--image", muse_image_path(str(paths.world), item), "--query", item["questions"][q],
+        [py, "chat.py", "--version", str(final), "--image", muse_image_path(str(paths.world), item), "--query", example_question(item, q),
          "--out_dir", str(folder)]
         for item, q, folder in examples(paths, s.examples)
     ], {"answer": s.examples}))
@@ -176,6 +179,12 @@ def examples(paths: Paths, count: int) -> list[tuple[dict, int, Path]]:
         if len(out) == count:
             break
     return out
+
+
+def example_question(item: dict, q: int) -> str:
+    """Question ``q`` of a MUSE item as the examples ask it: worded as evaluation asks it, with the training
+    templates' request for masks, so the examples show the model the metrics measure."""
+    return muse_question(item["questions"][q], load_templates())
 
 
 def first_question_with_targets(item: dict) -> int | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.recipe import REFERENCE_SECONDS, DemoSettings, Eta, Paths, Stage, demo_stages, minutes
+from demo.recipe import REFERENCE_SECONDS, DemoSettings, Eta, Paths, Stage, demo_stages, example_question, minutes
 
 
 def test_eta_scales_the_reference_costs_by_the_measured_speed():
@@ -37,3 +37,9 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     assert all(s.work and all(kind in REFERENCE_SECONDS for kind in s.work) for s in stages)
     assert [s.name for s in stages if s.training] == names[2:8]
     assert [s.name for s in demo_stages(DemoSettings(out=str(tmp_path), refer_epochs=0, lora_epochs=0), paths)][3:5] == ["train_llm", "merge the LLM"]
+
+
+def test_examples_ask_the_question_as_evaluation_does():
+    item = {"questions": ["Which shapes are red?", " Find each star in the image. "]}
+    assert example_question(item, 1) == "Find each star in the image. Please respond with segmentation mask."
+    assert example_question(item, 0) == "Which shapes are red? Please respond with segmentation mask."
