@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from dataset.mix import DataArgs, HybridDataset
 from dataset.sampler import GlobalIndexSampler
 from dataset.synthetic import preset, write_world
 from dataset.synthetic.config import FULL_COLOURS
+from dataset.synthetic.language import presence_rounds
+from dataset.synthetic.scene import generate_scene
 from dataset.validation import build_val_dataset
 from model.processing_pixellm import PixelLMImageProcessor
 from model.tiny_tokenizer import train_tiny_tokenizer
@@ -71,6 +74,37 @@ def test_deterministic_per_seed(tmp_path):
     write_world(str(tmp_path / "b"), preset("demo"), seed=1, n_train=6, n_val=2)
     write_world(str(tmp_path / "c"), preset("demo"), seed=2, n_train=6, n_val=2)
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+
+
+def test_presence_questions_answer_with_the_shapes_that_are_there():
+    cfg, rng = preset("demo"), np.random.default_rng(0)
+    answers = set()
+    for _ in range(40):
+        scene = generate_scene(rng, cfg)
+        (kind_q, kind_a), (colour_q, colour_a) = presence_rounds(rng, scene, list(cfg.colours), list(cfg.kinds))
+        kind = next(k for k in cfg.kinds if k in kind_q)
+        colour = next(c for c in cfg.colours if c in colour_q)
+        named = sorted(f"the {s.colour} {s.kind}" for s in scene.shapes if s.kind == kind)
+        assert (sorted(kind_a.removeprefix("Yes: ").rstrip(".").replace(" and ", ", ").split(", ")) == named if named
+                else kind_a == f"No, there is no {kind}.")
+        named = sorted(f"the {s.colour} {s.kind}" for s in scene.shapes if s.colour == colour)
+        assert (sorted(colour_a.removeprefix("Yes: ").rstrip(".").replace(" and ", ", ").split(", ")) == named if named
+                else colour_a == f"No, nothing is {colour}.")
+        answers.update(a.split()[0] for a in (kind_a, colour_a))
+    assert answers == {"Yes:", "No,"}
+
+
+def test_presence_questions_change_only_the_training_vqa(tmp_path):
+    plain, presence = tmp_path / "plain", tmp_path / "presence"
+    write_world(str(plain), preset("demo"), seed=1, n_train=12, n_val=4)
+    write_world(str(presence), dataclasses.replace(preset("demo"), vqa_presence_questions=True), seed=1, n_train=12, n_val=4)
+    for split in ("val", "test_less", "test_many"):
+        name = os.path.join("muse", f"muse_{split}.json")
+        assert (plain / name).read_bytes() == (presence / name).read_bytes()
+    vqa = os.path.join("llava_dataset", "llava_instruct_150k.json")
+    questions = [turn["value"] for item in json.loads((presence / vqa).read_text()) for turn in item["conversations"] if turn["from"] == "human"]
+    assert any(q.removeprefix("<image>\n").startswith(("Is there a", "Are there any", "Is anything", "Are there ")) for q in questions)
+    assert (plain / vqa).read_bytes() != (presence / vqa).read_bytes()
 
 
 def test_demo_preset_is_simpler():

@@ -19,12 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--train_no_target_rate", type=float, help="chance of a training question about each absent colour or kind (default: the preset's)")
     parser.add_argument("--train_combo_questions", action="store_true", help="also ask training questions about colour-and-kind groups")
+    parser.add_argument("--vqa_presence_questions", action="store_true", help="VQA also asks whether a kind or a colour is there")
     args = parser.parse_args(argv)
     cfg = preset(args.preset)
     if args.train_no_target_rate is not None:
         cfg = dataclasses.replace(cfg, train_no_target_rate=args.train_no_target_rate)
     if args.train_combo_questions:
         cfg = dataclasses.replace(cfg, train_combo_questions=True)
+    if args.vqa_presence_questions:
+        cfg = dataclasses.replace(cfg, vqa_presence_questions=True)
     start = time.perf_counter()
     counts = write_world(args.out, cfg, args.seed, args.train, args.val)
     summary = ", ".join(f"{k}={v}" for k, v in counts.items())

@@ -27,7 +27,9 @@ class WorldConfig:
     each, a question about an absent colour or kind (answered "none"). The training split uses
     ``train_no_target_rate`` instead, and with ``train_combo_questions`` it also asks for colour-and-kind
     groups ("Segment every green star.", absent ones included), which a model can only answer by reading
-    which colour each shape has; the validation and test splits never change with these two knobs.
+    which colour each shape has; the validation and test splits never change with these knobs. VQA
+    conversations ask about counts, colours and the whole scene, and with ``vqa_presence_questions`` also whether
+    a kind or a colour is there, answered with the shapes that are ("Yes: the green star." / "No, there is no star.").
     """
 
     colours: dict[str, tuple[int, int, int]] = field(default_factory=lambda: dict(FULL_COLOURS))
@@ -46,6 +48,7 @@ class WorldConfig:
     train_combo_questions: bool = False
     refs_sentences: tuple[int, int] = (1, 3)
     vqa_rounds: tuple[int, int] = (1, 3)
+    vqa_presence_questions: bool = False
     explanatory_rate: float = 0.5
     jpeg_quality: int = 95
 

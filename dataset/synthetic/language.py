@@ -200,8 +200,11 @@ def caption(scene: Scene) -> str:
     return f"From left to right: {join(names)}."
 
 
-def vqa_rounds(rng: np.random.Generator, scene: Scene, kinds: list[str], rounds: int) -> list[tuple[str, str]]:
-    """``rounds`` (question, answer) pairs about counts, colours and the whole scene."""
+def vqa_rounds(
+    rng: np.random.Generator, scene: Scene, colours: list[str], kinds: list[str], rounds: int, presence: bool = False
+) -> list[tuple[str, str]]:
+    """``rounds`` (question, answer) pairs about counts, colours and the whole scene; with ``presence`` also whether
+    a kind or a colour is there ("Is there a star in the image?" -> "Yes: the green star." or "No, there is no star.")."""
     pool: list[tuple[str, str]] = []
     n = len(scene.shapes)
     pool.append((pick(rng, ["How many shapes are there?", "How many shapes are in the image?"]),
@@ -214,7 +217,22 @@ def vqa_rounds(rng: np.random.Generator, scene: Scene, kinds: list[str], rounds:
         if sum(s.kind == shape.kind for s in scene.shapes) == 1:
             pool.append((f"What colour is the {shape.kind}?", f"The {shape.kind} is {shape.colour}."))
             break
+    if presence:
+        pool += presence_rounds(rng, scene, colours, kinds)
     pool.append((pick(rng, ["Describe the image.", "What does this picture show?", "Give a short description of the image."]),
                  caption(scene)))
     order = rng.permutation(len(pool))[:rounds]
     return [pool[int(i)] for i in order]
+
+
+def presence_rounds(rng: np.random.Generator, scene: Scene, colours: list[str], kinds: list[str]) -> list[tuple[str, str]]:
+    """Whether a random kind and a random colour are in the scene, answered with the shapes that are (left to right)."""
+    kind = pick(rng, kinds)
+    of_kind = left_to_right([s for s in scene.shapes if s.kind == kind])
+    about_kind = (pick(rng, [f"Is there a {kind} in the image?", f"Are there any {plural(kind)}?"]),
+                  f"Yes: {join([f'the {s.colour} {kind}' for s in of_kind])}." if of_kind else f"No, there is no {kind}.")
+    colour = pick(rng, colours)
+    of_colour = left_to_right([s for s in scene.shapes if s.colour == colour])
+    about_colour = (pick(rng, [f"Is anything {colour}?", f"Are there {colour} shapes?"]),
+                    f"Yes: {join([f'the {colour} {s.kind}' for s in of_colour])}." if of_colour else f"No, nothing is {colour}.")
+    return [about_kind, about_colour]
