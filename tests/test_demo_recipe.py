@@ -37,6 +37,9 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     assert all(s.work and all(kind in REFERENCE_SECONDS for kind in s.work) for s in stages)
     assert [s.name for s in stages if s.training] == names[2:8]
     assert [s.name for s in demo_stages(DemoSettings(out=str(tmp_path), refer_epochs=0, lora_epochs=0), paths)][3:5] == ["train_llm", "merge the LLM"]
+    assert "--vqa_presence_questions" not in commands["synthetic world"][0]
+    presence = demo_stages(DemoSettings(out=str(tmp_path), vqa_presence_questions=True), paths)[0].commands()[0]
+    assert "--vqa_presence_questions" in presence
 
 
 def test_examples_ask_the_question_as_evaluation_does():
