@@ -228,11 +228,14 @@ def vqa_rounds(
 def presence_rounds(rng: np.random.Generator, scene: Scene, colours: list[str], kinds: list[str]) -> list[tuple[str, str]]:
     """Whether a random kind and a random colour are in the scene, answered with the shapes that are (left to right)."""
     kind = pick(rng, kinds)
-    of_kind = left_to_right([s for s in scene.shapes if s.kind == kind])
-    about_kind = (pick(rng, [f"Is there a {kind} in the image?", f"Are there any {plural(kind)}?"]),
-                  f"Yes: {join([f'the {s.colour} {kind}' for s in of_kind])}." if of_kind else f"No, there is no {kind}.")
+    about_kind = _presence_round(rng, [s for s in scene.shapes if s.kind == kind],
+                                 [f"Is there a {kind} in the image?", f"Are there any {plural(kind)}?"], f"No, there is no {kind}.")
     colour = pick(rng, colours)
-    of_colour = left_to_right([s for s in scene.shapes if s.colour == colour])
-    about_colour = (pick(rng, [f"Is anything {colour}?", f"Are there {colour} shapes?"]),
-                    f"Yes: {join([f'the {colour} {s.kind}' for s in of_colour])}." if of_colour else f"No, nothing is {colour}.")
+    about_colour = _presence_round(rng, [s for s in scene.shapes if s.colour == colour],
+                                   [f"Is anything {colour}?", f"Are there {colour} shapes?"], f"No, nothing is {colour}.")
     return [about_kind, about_colour]
+
+
+def _presence_round(rng: np.random.Generator, targets: list[Shape], questions: list[str], absent: str) -> tuple[str, str]:
+    names = [f"the {s.colour} {s.kind}" for s in left_to_right(targets)]
+    return pick(rng, questions), f"Yes: {join(names)}." if names else absent

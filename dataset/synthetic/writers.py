@@ -157,7 +157,8 @@ class WorldWriter:
 
     def vqa_item(self, image_id: int, scene: Scene, jpeg: bytes, rng: np.random.Generator) -> dict:
         lo, hi = self.cfg.vqa_rounds
-        rounds = vqa_rounds(rng, scene, list(self.cfg.colours), list(self.cfg.kinds), int(rng.integers(lo, hi + 1)), self.cfg.vqa_presence_questions)
+        rounds = vqa_rounds(rng, scene, list(self.cfg.colours), list(self.cfg.kinds), int(rng.integers(lo, hi + 1)),
+                            self.cfg.vqa_presence_questions)
         file_name = f"{image_id:012d}.jpg"
         self.write_image(jpeg, "coco", "train2017", file_name)
         conversations = []
