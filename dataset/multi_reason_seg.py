@@ -100,7 +100,7 @@ def question_problem(item: dict, q: int) -> str | None:
 def muse_question(text: str, templates: Templates, template_index: int = 0) -> str:
     """A MUSE question as the model is asked it: ``text`` in long template ``template_index`` (training draws
     one at random; validation and the demo's examples take the first, "... Please respond with segmentation mask.")."""
-    return fill(templates.long[template_index % len(templates.long)], sent=str(text).strip())
+    return fill(templates.long[template_index], sent=str(text).strip())
 
 
 def muse_answer(item: dict, q: int, seg: str, ctx: DataContext, rng: np.random.Generator) -> tuple[str, list[str]]:

@@ -237,5 +237,5 @@ def presence_rounds(rng: np.random.Generator, scene: Scene, colours: list[str], 
 
 
 def _presence_round(rng: np.random.Generator, targets: list[Shape], questions: list[str], absent: str) -> tuple[str, str]:
-    names = [f"the {s.colour} {s.kind}" for s in left_to_right(targets)]
+    names = [f"the {s.short_name}" for s in left_to_right(targets)]
     return pick(rng, questions), f"Yes: {join(names)}." if names else absent
