@@ -82,6 +82,11 @@ class PixelLMConfig(PreTrainedConfig):
                 f"vision_feature_layers {self.vision_feature_layers} must list one CLIP layer per scale "
                 f"(image_feature_scale_num={self.image_feature_scale_num})"
             )
+        if self.image_token_pool < 1 or self.vision_grid % self.image_token_pool:
+            raise ValueError(
+                f"image_token_pool {self.image_token_pool} must be a positive divisor of the vision grid "
+                f"({self.vision_grid} patches per side): fix it in config.json"
+            )
         if self.no_repeat_target_ngram_size < 0:
             raise ValueError(f"no_repeat_target_ngram_size must be >= 0 (0: off), got {self.no_repeat_target_ngram_size}: fix it in config.json")
         if self.seg_token_ids is not None and len(self.seg_token_ids) != self.tokens_per_target:

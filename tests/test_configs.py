@@ -149,3 +149,11 @@ def test_param_count_of_the_7b_preset_matches_known_model_sizes():
     parts = {k: round(v / 1e6, 2) for k, v in counts["pixellm_parts"].items()}
     # The original's 7B module inventory: its mm_projector, text_hidden_fcs, neck and mask decoder sizes.
     assert (parts["mm_projector"], parts["text_hidden_fcs"], parts["image_feature_neck"], parts["pixel_decoder"]) == (41.96, 17.83, 1.64, 7.57)
+
+
+@pytest.mark.parametrize("pool", [0, 3])
+def test_an_image_token_pool_that_does_not_divide_the_vision_grid_is_refused(pool: int):
+    tiny = load_json(CONFIGS / "models" / "tiny.json")
+    with pytest.raises(ValueError, match=f"image_token_pool {pool} must be a positive divisor of the vision grid"):
+        PixelLMConfig(**dict(tiny, image_token_pool=pool))
+    assert PixelLMConfig(**dict(tiny, image_token_pool=1)).num_image_tokens == PRESETS["tiny"] * 4
