@@ -87,6 +87,8 @@ ORIGINAL_FORCED = {
 }
 ORIGINAL_SECOND_LEVEL_LAYER = -11
 ORIGINAL_LLM_GRID = 16
+# The original hard-codes patch 14 in its ViT padding mask and prompt-encoder grid (448 // 14 = 32): it runs no other CLIP.
+ORIGINAL_PATCH_SIZE = 14
 ORIGINAL_DECODER_HEADS = 8
 
 # (pattern, reason): keys of the original whose values cannot change its output.
@@ -234,7 +236,13 @@ def convert(src: str, clip: str, out: str, dtype: str = "auto") -> Path:
         raise ValueError(f"{src}/config.json: mm_hidden_size {mm_hidden} but the CLIP in {clip} is {vision.config.hidden_size} wide")
     if vision.config.num_hidden_layers < -ORIGINAL_SECOND_LEVEL_LAYER:
         raise ValueError(f"the CLIP in {clip} has {vision.config.num_hidden_layers} layers; decoder level 1 reads layer {ORIGINAL_SECOND_LEVEL_LAYER}")
-    grid = image_size // vision.config.patch_size
+    if vision.config.patch_size != ORIGINAL_PATCH_SIZE:
+        raise ValueError(
+            f"the CLIP in {clip} has patch size {vision.config.patch_size}; the original PixelLM hard-codes patch "
+            f"{ORIGINAL_PATCH_SIZE} (a {image_size // ORIGINAL_PATCH_SIZE}x{image_size // ORIGINAL_PATCH_SIZE} grid at {image_size} px) "
+            f"and cannot run it: pass the patch-{ORIGINAL_PATCH_SIZE} CLIP the checkpoint was trained with (e.g. openai/clip-vit-large-patch14-336)"
+        )
+    grid = image_size // ORIGINAL_PATCH_SIZE
     config = PixelLMConfig(
         vision_config=vision.config.to_dict(),
         text_config=llama_config_from_fields(original, vocab_rows + 1).to_dict(),

@@ -210,3 +210,20 @@ def test_missing_key_is_an_error(tmp_path: Path) -> None:
     src = modified_source(tmp_path / "src", lambda s: s.pop("model.mask_decoder.level_embed.weight"))
     with pytest.raises(ValueError, match=r"unfilled.*pixel_decoder\.level_embed\.weight"):
         convert(str(src), str(FIXTURE / "clip"), str(tmp_path / "out"))
+
+
+def test_clip_with_another_patch_size_is_an_error(tmp_path: Path) -> None:
+    """The original hard-codes patch 14 (32x32 grid at 448 px): a patch-16 CLIP would silently give 28x28 tokens."""
+    clip = tmp_path / "clip16"
+    shutil.copytree(FIXTURE / "clip", clip)
+    config = json.loads((clip / "config.json").read_text())
+    config.update(patch_size=16, image_size=320)
+    (clip / "config.json").write_text(json.dumps(config))
+    state = torch.load(clip / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state["vision_model.embeddings.patch_embedding.weight"] = torch.zeros(C_VIS, 3, 16, 16)
+    state["vision_model.embeddings.position_embedding.weight"] = torch.zeros(20 * 20 + 1, C_VIS)
+    state.pop("vision_model.embeddings.position_ids", None)
+    torch.save(state, clip / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"patch size 16.*hard-codes patch 14"):
+        convert(str(FIXTURE / "hf_model"), str(clip), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
