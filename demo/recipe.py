@@ -50,6 +50,8 @@ class DemoSettings:
     llm_layers: int = flag(4, "decoder layers of the tiny LLM")
     no_repeat_target_ngram_size: int = flag(3, "the model's decoding rule: never name a target twice, a name being this many "
                                                 "tokens before a seg group (0: off; model/target_repeat_ban.py)")
+    min_target_confidence: float = flag(0.8, "the model's decoding rule: withdraw a target whose mask's confidence is under "
+                                             "this (0: off; model/target_confidence.py)")
     train_no_target_rate: float = flag(0.15, "chance of a training MUSE question about each absent colour or kind")
     train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
     vqa_presence_questions: bool = flag(False, "VQA also asks whether a kind or a colour is there (docs/training.md)")
@@ -125,7 +127,8 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                                            *(["--vqa_presence_questions"] if s.vqa_presence_questions else [])]], {"scene": s.train_scenes}),
         Stage("tiny model", lambda: [[py, "-m", "model.tiny", "--out", str(paths.base), "--seed", str(s.seed),
                               "--corpus", str(paths.world / "corpus.txt"), "--llm_layers", str(s.llm_layers),
-                              "--no_repeat_target_ngram_size", str(s.no_repeat_target_ngram_size)]], {"setup": 0.5}),
+                              "--no_repeat_target_ngram_size", str(s.no_repeat_target_ngram_size),
+                              "--min_target_confidence", str(s.min_target_confidence)]], {"setup": 0.5}),
         Stage("segmentation pretraining", lambda: [[py, "-m", "demo.segmentation_pretraining", "--version", str(paths.base),
                                             "--dataset_dir", str(paths.world), "--out", str(paths.pretrained),
                                             "--dataset", "sem_seg||refer_seg", "--sem_seg_data", "ade20k", "--refer_seg_data", "refcoco",

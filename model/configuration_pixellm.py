@@ -38,6 +38,8 @@ class PixelLMConfig(PreTrainedConfig):
     ce/bce/dice_loss_weight, use_refinement_loss: loss = ce_w*CE + bce_w*(BCE + refinement) + dice_w*Dice (model/losses.py).
     no_repeat_target_ngram_size: generation never names a target twice in one answer, a name being this many tokens
         before a seg group (0: off; ``model/target_repeat_ban.py``).
+    min_target_confidence: generation withdraws a target whose mask's confidence (mean probability over the pixels
+        it claims) is under this (0: off; ``model/target_confidence.py``).
     compat_clip_pos_embed_shift: reproduce the original's CLS/grid shift when resizing CLIP positions.
     compat_fixed_fusion: fixed 1/(2*seg_token_num) token weights and 1/2 scale weights instead of learnable ones.
     image_token_id, im_start_token_id, im_end_token_id, seg_token_ids: ids in the model's tokenizer.
@@ -67,6 +69,7 @@ class PixelLMConfig(PreTrainedConfig):
     dice_loss_weight: float = 0.5
     use_refinement_loss: bool = True
     no_repeat_target_ngram_size: int = 0
+    min_target_confidence: float = 0.0
     compat_clip_pos_embed_shift: bool = False
     compat_fixed_fusion: bool = False
     image_token_id: int | None = None
@@ -89,6 +92,8 @@ class PixelLMConfig(PreTrainedConfig):
             )
         if self.no_repeat_target_ngram_size < 0:
             raise ValueError(f"no_repeat_target_ngram_size must be >= 0 (0: off), got {self.no_repeat_target_ngram_size}: fix it in config.json")
+        if not 0.0 <= self.min_target_confidence < 1.0:
+            raise ValueError(f"min_target_confidence must be in [0, 1) (0: off), got {self.min_target_confidence}: fix it in config.json")
         if self.seg_token_ids is not None and len(self.seg_token_ids) != self.tokens_per_target:
             raise ValueError(
                 f"seg_token_ids has {len(self.seg_token_ids)} ids, expected K = seg_token_num * "

@@ -18,6 +18,7 @@ from .losses import bce_per_mask, dice_per_mask, refinement_per_mask
 from .pixel_decoder import FeatureNeck, PixelDecoder
 from .processing_pixellm import postprocess_masks
 from .seg_codebook import SegCodebook, SegGroups, find_seg_groups
+from .target_confidence import split_by_confidence
 from .target_repeat_ban import TargetRepeatBan
 from .vision_tower import encode_levels, patch_validity
 
@@ -125,11 +126,16 @@ class PixelLMGenerateOutput(ModelOutput):
     seg_groups: per prompt, each seg group of its answer as (positions of its K tokens in ``sequences[q]``,
         well formed), in answer order (``model.seg_codebook.find_seg_groups``); mask n belongs to group n.
     pred_masks: per prompt, mask logits [N_q, H, W] at the original image size, in answer order.
+    target_confidence: per prompt, float [N_q] the confidence of each mask (``model.target_confidence``).
+    withdrawn_groups: per prompt, the seg groups withdrawn for a confidence under ``min_target_confidence``, as
+        (positions of their K tokens in ``sequences[q]``, confidence); they have no mask and are not in ``seg_groups``.
     """
 
     sequences: list[list[int]] | None = None
     seg_groups: list[list[tuple[list[int], bool]]] | None = None
     pred_masks: list[torch.Tensor] | None = None
+    target_confidence: list[torch.Tensor] | None = None
+    withdrawn_groups: list[list[tuple[list[int], float]]] | None = None
 
 
 class PixelLMPreTrainedModel(PreTrainedModel):
@@ -447,6 +453,7 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         use_cache: bool = True,
         streamer: BaseStreamer | None = None,
         no_repeat_target_ngram_size: int | None = None,
+        min_target_confidence: float | None = None,
     ) -> PixelLMGenerateOutput:
         """Greedy generation for Q left-padded prompts, then all their masks in one decoder call.
 
@@ -457,6 +464,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         finished prompt's row repeats its eos), ``streamer.end()`` the end of generation.
         ``no_repeat_target_ngram_size`` (default: the config's; 0: off): an answer does not name the same target
         twice, a name being that many tokens before a seg group (``model/target_repeat_ban.py``).
+        ``min_target_confidence`` (default: the config's; 0: off): seg groups whose mask is less confident are
+        withdrawn (``model/target_confidence.py``).
         """
         features, row_image, embeds, attn, positions = self._prepare(input_ids, attention_mask, pixel_values, clip_resize, offset, image_features)
         sizes = self._output_sizes(features.llm_embeds.shape[0], None, original_sizes, features.clip_resize)
@@ -511,4 +520,12 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         states = torch.stack(predicting, dim=1)
         masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)
         per_prompt = self._stack_by(masks, groups.rows.tolist(), q, [sizes[int(b)] for b in row_image], states)
-        return PixelLMGenerateOutput(sequences=sequences, seg_groups=[groups.of_row(i) for i in range(q)], pred_masks=per_prompt)
+        threshold = self.config.min_target_confidence if min_target_confidence is None else min_target_confidence
+        split = [split_by_confidence(per_prompt[i], groups.of_row(i), threshold) for i in range(q)]
+        return PixelLMGenerateOutput(
+            sequences=sequences,
+            seg_groups=[kept for _, kept, _, _ in split],
+            pred_masks=[m for m, _, _, _ in split],
+            target_confidence=[c for _, _, c, _ in split],
+            withdrawn_groups=[w for _, _, _, w in split],
+        )

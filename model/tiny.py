@@ -54,13 +54,14 @@ TINY_PIXELLM = {
 
 
 def build_tiny(out_dir: str | os.PathLike, seed: int = 0, corpus: list[str] | None = None, llm_layers: int | None = None,
-               no_repeat_target_ngram_size: int = 0) -> Path:
+               no_repeat_target_ngram_size: int = 0, min_target_confidence: float = 0.0) -> Path:
     """Write a complete tiny random PixelLM folder to ``out_dir`` and return its path (``llm_layers``: the LLM's
-    decoder layers, default ``TINY_TEXT``'s; ``no_repeat_target_ngram_size``: the config's decoding rule, 0: off)."""
+    decoder layers, default ``TINY_TEXT``'s; ``no_repeat_target_ngram_size``, ``min_target_confidence``: the
+    config's decoding rules, 0: off)."""
     torch.manual_seed(seed)
     text_config = dict(TINY_TEXT, num_hidden_layers=llm_layers or TINY_TEXT["num_hidden_layers"])
     config = PixelLMConfig(vision_config=dict(TINY_VISION), text_config=text_config, no_repeat_target_ngram_size=no_repeat_target_ngram_size,
-                           **TINY_PIXELLM)
+                           min_target_confidence=min_target_confidence, **TINY_PIXELLM)
     tokenizer, token_ids = train_tiny_tokenizer(corpus or [], config.tokens_per_target, model_max_length=TINY_TEXT["max_position_embeddings"])
     text = config.text_config
     text.vocab_size, text.eos_token_id, text.bos_token_id, text.pad_token_id = (
@@ -79,9 +80,11 @@ def main() -> None:
     parser.add_argument("--llm_layers", type=int, help=f"decoder layers of the LLM (default {TINY_TEXT['num_hidden_layers']})")
     parser.add_argument("--no_repeat_target_ngram_size", type=int, default=0,
                         help="generation never names a target twice, a name being this many tokens before a seg group (0: off)")
+    parser.add_argument("--min_target_confidence", type=float, default=0.0,
+                        help="generation withdraws a target whose mask is less confident than this (0: off)")
     args = parser.parse_args()
     corpus = Path(args.corpus).read_text().splitlines() if args.corpus else None
-    out = build_tiny(args.out, args.seed, corpus, args.llm_layers, args.no_repeat_target_ngram_size)
+    out = build_tiny(args.out, args.seed, corpus, args.llm_layers, args.no_repeat_target_ngram_size, args.min_target_confidence)
     n = sum(p.numel() for p in PixelLMForCausalLM.from_pretrained(out).parameters())
     print(f"wrote a tiny PixelLM ({n / 1e6:.2f}M parameters) to {out}")
 

@@ -172,12 +172,14 @@ def parse_answer(
     tokenizer: PreTrainedTokenizerBase,
     seg_token_ids: Sequence[int],
     eos_token_id: int | None,
+    withdrawn: Sequence[tuple[Sequence[int], float]] = (),
 ) -> ParsedAnswer:
     """Parse generated ids (without the prompt; anything from the first eos on is ignored).
 
     seg_groups: the answer's groups as generation returns them, (positions of its K tokens in ``token_ids``,
-    well formed), in order; seg_token_ids: the K codebook ids. Never raises on odd token sequences:
-    malformed groups and leftover seg tokens become warnings.
+    well formed), in order; seg_token_ids: the K codebook ids; withdrawn: the groups generation withdrew for a
+    weak mask, (positions, confidence) (``PixelLMGenerateOutput.withdrawn_groups``): each becomes a warning that
+    names its phrase. Never raises on odd token sequences: malformed groups and leftover seg tokens become warnings.
     """
     ids = list(token_ids)
     if eos_token_id is not None and eos_token_id in ids:
@@ -193,7 +195,7 @@ def parse_answer(
         count += i not in seg_set
 
     warnings = []
-    leftover = len(seg_positions) - len(seg_groups) * k
+    leftover = len(seg_positions) - (len(seg_groups) + len(withdrawn)) * k
     if leftover:
         warnings.append(
             f"the answer has {len(seg_positions)} seg tokens, not a multiple of K={k}: "
@@ -206,6 +208,14 @@ def parse_answer(
         raw = len(tokenizer.decode(plain[:num_plain], skip_special_tokens=True)) if num_plain else 0
         return positions[min(raw, len(full_text))]
 
+    def phrase_at(first: int) -> tuple[tuple[int, int], int]:
+        """(span of the phrase, anchor) of the group whose first token is at answer position ``first``."""
+        previous_seg = max((t for t in seg_positions if t < first), default=None)
+        region_start = text_offset(plain_before[previous_seg]) if previous_seg is not None else 0
+        anchor = text_offset(plain_before[first])
+        rel_start, rel_end = extract_phrase(text[region_start:anchor])
+        return (region_start + rel_start, region_start + rel_end), anchor
+
     groups = []
     for c, (chunk_pos, well_formed) in enumerate(seg_groups):
         if not well_formed:
@@ -215,12 +225,14 @@ def parse_answer(
                 f"(expected the {k} codebook tokens in order, adjacent): its mask was dropped"
             )
             continue
-        first = chunk_pos[0]
-        previous_seg = max((t for t in seg_positions if t < first), default=None)
-        region_start = text_offset(plain_before[previous_seg]) if previous_seg is not None else 0
-        anchor = text_offset(plain_before[first])
-        rel_start, rel_end = extract_phrase(text[region_start:anchor])
-        span = (region_start + rel_start, region_start + rel_end)
+        span, anchor = phrase_at(chunk_pos[0])
         groups.append(ParsedGroup(chunk=c, phrase=text[span[0] : span[1]], span=span, anchor=anchor))
+    for chunk_pos, confidence in withdrawn:
+        span, _ = phrase_at(chunk_pos[0])
+        name = f"'{text[span[0] : span[1]]}'" if span[1] > span[0] else f"at answer tokens {chunk_pos[0]}..{chunk_pos[-1]}"
+        warnings.append(
+            f"target {name}: withdrawn, its mask's confidence {confidence:.2f} is under the model's min_target_confidence "
+            "(the decoder does not find it in the image): no mask"
+        )
     raw_text = tokenizer.decode(ids, skip_special_tokens=False).strip()
     return ParsedAnswer(text=text, raw_text=raw_text, groups=groups, warnings=warnings)

@@ -384,22 +384,31 @@ class PixelLMPredictor:
             streamer=streamer,
         )
         return [
-            self._answer(question, sequence, groups, logits, tuple(size.tolist()))
-            for question, sequence, groups, logits, size in zip(questions, out.sequences, out.seg_groups, out.pred_masks, original_sizes)
+            self._answer(question, sequence, groups, logits, confidence, withdrawn, tuple(size.tolist()))
+            for question, sequence, groups, logits, confidence, withdrawn, size in zip(
+                questions, out.sequences, out.seg_groups, out.pred_masks, out.target_confidence, out.withdrawn_groups, original_sizes
+            )
         ]
 
     def _answer(
-        self, question: str, sequence: list[int], groups: list[tuple[list[int], bool]], logits: torch.Tensor, size: tuple[int, int]
+        self,
+        question: str,
+        sequence: list[int],
+        groups: list[tuple[list[int], bool]],
+        logits: torch.Tensor,
+        confidence: torch.Tensor,
+        withdrawn: list[tuple[list[int], float]],
+        size: tuple[int, int],
     ) -> Answer:
-        """Pair the well-formed seg groups of ``sequence`` with their mask logits [N, H, W] (mask n is group n's)."""
-        parsed = parse_answer(sequence, groups, self.tokenizer, self.token_ids.seg, self.eos_token_id)
+        """Pair the well-formed seg groups of ``sequence`` with their mask logits [N, H, W] and confidences [N]
+        (mask n is group n's); withdrawn groups become warnings."""
+        parsed = parse_answer(sequence, groups, self.tokenizer, self.token_ids.seg, self.eos_token_id, withdrawn)
         warnings = list(parsed.warnings)
         logits = logits.float().cpu()
         targets = []
         for j, group in enumerate(parsed.groups):
-            mask_logits = logits[group.chunk]
-            mask = (mask_logits > 0).numpy()
-            score = float(torch.sigmoid(mask_logits[mask_logits > 0]).mean()) if mask.any() else 0.0
+            mask = (logits[group.chunk] > 0).numpy()
+            score = float(confidence[group.chunk])
             found = bool(group.phrase)
             targets.append(
                 Target(

@@ -30,6 +30,7 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     assert str(paths.pretrained) in commands["segmentation pretraining"][0]
     tiny = commands["tiny model"][0]
     assert tiny[tiny.index("--no_repeat_target_ngram_size") + 1] == "3"  # the model folder carries the decoding rule to chat and evaluation
+    assert tiny[tiny.index("--min_target_confidence") + 1] == "0.8"  # and the rule that withdraws weak targets
     assert tiny[tiny.index("--llm_layers") + 1] == "4"  # answers MUSE questions better than 2 layers (docs/training.md)
     assert ["--weight", str(paths.run("train_llm_refer") / "ckpt_model")] == commands["train_llm"][0][-2:]
     merge = commands["merge the LLM"][0]
