@@ -5,9 +5,9 @@ Files written by ``save_answer`` for stem ``s`` (targets numbered j = 0, 1, ... 
 - ``s_mask_<j>.png``: single-channel 8-bit PNG, 255 inside target j, 0 outside;
 - ``s_overlay.png``: the image tinted per target with contours, legend below (``serving.overlay``);
 - ``s.json``: ``{"question", "answer", "targets": [{"phrase", "bbox": [x, y, w, h], "area", "score",
-  "rle": {"size": [h, w], "counts": str}}]}``; ``rle`` is COCO's compressed RLE (pycocotools), ``bbox``
-  is in pixels with w = last column - first column + 1 (all zeros for an empty mask), ``area`` the
-  number of mask pixels.
+  "rle": {"size": [h, w], "counts": str}}], "warnings": [str]}``; ``rle`` is COCO's compressed RLE
+  (pycocotools), ``bbox`` is in pixels with w = last column - first column + 1 (all zeros for an empty
+  mask), ``area`` the number of mask pixels; ``warnings`` the answer's (dropped or withdrawn targets).
 
 Each file is written to a temporary file in the same folder and moved into place with ``os.replace``,
 so a crash never leaves a half-written file; the JSON is written last and marks a complete export.
@@ -22,6 +22,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def mask_bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
-def answer_record(question: str, answer: str, targets: list[ExportTarget]) -> dict[str, Any]:
+def answer_record(question: str, answer: str, targets: list[ExportTarget], warnings: Sequence[str] = ()) -> dict[str, Any]:
     """The JSON record of an answer (the layout in the module docstring); masks must be [H, W] bool."""
     if not isinstance(question, str) or not isinstance(answer, str):
         raise ValueError(f"question and answer must be str, got {type(question).__name__} and {type(answer).__name__}")
@@ -84,7 +85,7 @@ def answer_record(question: str, answer: str, targets: list[ExportTarget]) -> di
                 "rle": mask_to_rle(mask),
             }
         )
-    return {"question": question, "answer": answer, "targets": records}
+    return {"question": question, "answer": answer, "targets": records, "warnings": [str(w) for w in warnings]}
 
 
 def save_answer(
@@ -95,6 +96,7 @@ def save_answer(
     answer: str,
     targets: list[ExportTarget],
     style: OverlayStyle | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the masks, the overlay and the JSON of one answer into ``out_dir`` (created if missing).
 
@@ -107,7 +109,7 @@ def save_answer(
     _check_stem(stem)
     require_rgb_image(image_rgb)
     masks = [as_bool_mask(target.mask, f"target {j}", image_rgb.shape[:2]) for j, target in enumerate(targets)]
-    record = answer_record(question, answer, targets)
+    record = answer_record(question, answer, targets, warnings)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

@@ -279,13 +279,12 @@ class AnswerApi:
     def _record(self, asked: _Question, stream: AnswerStream, answer: Answer) -> dict[str, Any]:
         """The AnswerOut JSON of a finished answer."""
         asked.conversation.session.embedding.release_pixels()
-        record = answer_record(answer.question, answer.text, answer.export_targets())
+        record = answer_record(answer.question, answer.text, answer.export_targets(), answer.warnings)
         timings = stream.timings
         return {
             "conversation_id": asked.conversation_id,
             "image_id": asked.conversation.image_id,
             **record,
-            "warnings": answer.warnings,
             "timings": {
                 "queue_ms": round(1000 * timings.queue_s, 2),
                 "model_ms": round(1000 * timings.model_s, 2),

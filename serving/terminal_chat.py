@@ -81,7 +81,7 @@ def format_targets(answer: Answer, color: bool) -> str:
 
 def save_turn(config: TerminalChatConfig, stem: str, session: ChatSession, answer: Answer) -> dict[str, Path]:
     """Write the answer's PNG masks, overlay and JSON as ``<out_dir>/<stem>_*``."""
-    return save_answer(config.out_dir, stem, session.image, answer.question, answer.text, answer.export_targets())
+    return save_answer(config.out_dir, stem, session.image, answer.question, answer.text, answer.export_targets(), warnings=answer.warnings)
 
 
 def answer_once(predictor: PixelLMPredictor, image: str, question: str, config: TerminalChatConfig, out: TextIO) -> dict[str, Path]:

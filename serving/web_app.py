@@ -187,7 +187,7 @@ class AppHandlers:
     def _save(self, state: dict, image: np.ndarray, answer: Answer) -> list[str]:
         """save_answer into the session folder, plus a zip of the files; returns [zip, json, overlay, masks...]."""
         stem = f"answer_{uuid.uuid4().hex[:8]}"
-        written = save_answer(state["dir"], stem, image, answer.question, answer.text, answer.export_targets())
+        written = save_answer(state["dir"], stem, image, answer.question, answer.text, answer.export_targets(), warnings=answer.warnings)
         archive = Path(state["dir"]) / f"{stem}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in written.values():

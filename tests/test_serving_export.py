@@ -65,8 +65,10 @@ def test_round_trip_png_rle_inputs(tmp_path: Path) -> None:
 def test_json_layout_and_values(tmp_path: Path) -> None:
     written = save_answer(tmp_path, "ans", _image(), "Where is the box?", "It is here.", _targets())
     record = json.loads(written["json"].read_text(encoding="utf-8"))
-    assert list(record) == ["question", "answer", "targets"]
-    assert record["question"] == "Where is the box?" and record["answer"] == "It is here."
+    assert list(record) == ["question", "answer", "targets", "warnings"]
+    assert record["question"] == "Where is the box?" and record["answer"] == "It is here." and record["warnings"] == []
+    warned = save_answer(tmp_path, "warned", _image(), "q", "a", [], warnings=["target 'blue star': withdrawn"])
+    assert json.loads(warned["json"].read_text(encoding="utf-8"))["warnings"] == ["target 'blue star': withdrawn"]
     assert [t["phrase"] for t in record["targets"]] == ["the red box", "a round thing", "something absent"]
     for target in record["targets"]:
         assert list(target) == ["phrase", "bbox", "area", "score", "rle"]
@@ -126,7 +128,7 @@ def test_empty_answer_writes_overlay_and_json(tmp_path: Path) -> None:
     written = save_answer(tmp_path, "none", _image(), "Is there a cat?", "No.", [])
     assert list(written) == ["overlay", "json"]
     record = json.loads(written["json"].read_text(encoding="utf-8"))
-    assert record == {"question": "Is there a cat?", "answer": "No.", "targets": []}
+    assert record == {"question": "Is there a cat?", "answer": "No.", "targets": [], "warnings": []}
     assert load_masks_from_json(written["json"]) == []
     with Image.open(written["overlay"]) as png:
         overlay = np.asarray(png)
