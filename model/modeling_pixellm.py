@@ -521,11 +521,9 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)
         per_prompt = self._stack_by(masks, groups.rows.tolist(), q, [sizes[int(b)] for b in row_image], states)
         threshold = self.config.min_target_confidence if min_target_confidence is None else min_target_confidence
-        split = [split_by_confidence(per_prompt[i], groups.of_row(i), threshold) for i in range(q)]
+        kept_masks, kept_groups, confidence, withdrawn = map(
+            list, zip(*(split_by_confidence(per_prompt[i], groups.of_row(i), threshold) for i in range(q)))
+        )
         return PixelLMGenerateOutput(
-            sequences=sequences,
-            seg_groups=[kept for _, kept, _, _ in split],
-            pred_masks=[m for m, _, _, _ in split],
-            target_confidence=[c for _, _, c, _ in split],
-            withdrawn_groups=[w for _, _, _, w in split],
+            sequences=sequences, seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence, withdrawn_groups=withdrawn
         )

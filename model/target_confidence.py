@@ -25,9 +25,13 @@ def split_by_confidence(
     masks: torch.Tensor, groups: list[tuple[list[int], bool]], threshold: float
 ) -> tuple[torch.Tensor, list[tuple[list[int], bool]], torch.Tensor, list[tuple[list[int], float]]]:
     """One answer's masks [N, H, W] and seg groups (mask n is group n's) -> (kept masks, kept groups,
-    confidence of the kept [N_kept], withdrawn groups as (token positions, confidence)). threshold 0 keeps all."""
+    confidence of the kept [N_kept], withdrawn groups as (token positions, confidence)). threshold 0 keeps all
+    (the masks are returned as they are, not copied)."""
     confidence = mask_confidence(masks)
+    if threshold <= 0:
+        return masks, groups, confidence, []
     keep = confidence >= threshold
-    withdrawn = [(positions, float(c)) for (positions, _), c, k in zip(groups, confidence, keep.tolist()) if not k]
-    kept_groups = [group for group, k in zip(groups, keep.tolist()) if k]
+    flags = keep.tolist()
+    withdrawn = [(positions, c) for (positions, _), c, k in zip(groups, confidence.tolist(), flags) if not k]
+    kept_groups = [group for group, k in zip(groups, flags) if k]
     return masks[keep], kept_groups, confidence[keep], withdrawn
