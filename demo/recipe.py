@@ -27,12 +27,13 @@ MUSE_VAL = "MultiReasonSeg|val"
 MUSE_TESTS = ("MultiReasonSeg|test_less", "MultiReasonSeg|test_many")
 # Seconds per unit of work on the machine the README's figures come from (2-core CPU, docs/training.md);
 # the ETA scales them by how fast the stages run so far. The LLM and LoRA steps are the 2-layer LLM's costs of
-# that day times 1.20 and 1.23, the 4-layer/2-layer step ratios measured side by side (docs/training.md).
+# that day times 1.20 and 1.23, the 4-layer/2-layer step ratios measured side by side; the vision and mask steps
+# carry the patch position loss's 1.04 and 1.05 (docs/training.md).
 REFERENCE_SECONDS = {
     "scene": 0.004,
     "setup": 15.0,
-    "vision_step": 0.067,
-    "mask_step": 0.20,
+    "vision_step": 0.070,
+    "mask_step": 0.21,
     "llm_step": 0.26,
     "lora_step": 0.34,
     "val_image": 0.12,
@@ -56,6 +57,7 @@ class DemoSettings:
     train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
     vqa_presence_questions: bool = flag(False, "VQA also asks whether a kind or a colour is there (docs/training.md)")
     image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss of segmentation pretraining")
+    patch_position_loss_weight: float = flag(1.0, "weight of the patch position loss of segmentation pretraining (0: off)")
     vision_steps: int = flag(3000, "vision phase of segmentation pretraining")
     pretrain_steps: int = flag(1500, "segmentation phase of segmentation pretraining")
     pretrain_lr: float = flag(1e-3, "peak learning rate of segmentation pretraining")
@@ -135,7 +137,8 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                                             "--sample_rates", "1,3", "--vision_steps", str(s.vision_steps), "--steps", str(s.pretrain_steps),
                                             "--batch_size", str(s.batch_size), "--lr", str(s.pretrain_lr), "--warmup_steps", "50",
                                             "--precision", "fp32", "--workers", "0", "--seed", str(s.seed),
-                                            "--image_token_loss_weight", str(s.image_token_loss_weight), "--log_dir", str(paths.out / "pretrain")]],
+                                            "--image_token_loss_weight", str(s.image_token_loss_weight),
+                                            "--patch_position_loss_weight", str(s.patch_position_loss_weight), "--log_dir", str(paths.out / "pretrain")]],
               {"setup": 0.5, "vision_step": s.vision_steps, "mask_step": s.pretrain_steps}, training=True),
     ]
     weight: list[str] = []

@@ -17,10 +17,13 @@ training loaders):
    learns shape (docs/training.md gives the measured effect).
 2. segmentation (``--steps``): on the ``--dataset`` data, the K seg states of each target are replaced
    by a state computed from its name alone: the LLM's final norm of the mean input embedding of the
-   name's tokens, the name being a class name (sem_seg) or a referring expression (refer_seg, which also
-   teaches "leftmost" and "large"). The vision tower, the decoder-side projector, feature neck, seg
+   name's tokens, the name being a class name (sem_seg) or a referring expression (refer_seg: by colour,
+   kind, size and position; a mean embedding does not carry "leftmost" far, docs/training.md). The vision tower, the decoder-side projector, feature neck, seg
    codebook, pixel decoder and the input embeddings learn to segment the named target with the model's
    own BCE + Dice losses (plus the patch loss, ``--patch_class_loss_weight``); the LLM's layers are not run.
+
+In both phases ``--patch_position_loss_weight`` also asks the vision tower to keep where each patch is
+(``patch_position_loss``), which masks alone do not.
 
 The result is a PixelLM folder with the same config and tokenizer, the starting point of ``train_ds.py
 --version ... --freeze_pixel_decoder``.
@@ -55,6 +58,7 @@ from model.losses import bce_per_mask, dice_per_mask
 from model.model_folder import save_model_folder
 from model.modeling_pixellm import ImageFeatures
 from model.precision import dtype_of
+from model.vision_tower import patch_validity
 from training.args import ModelArgs, OptimArgs
 from training.run_log import RunLog
 
@@ -74,6 +78,8 @@ class PretrainArgs(ModelArgs, DataArgs, OptimArgs):
                                 "patches of --sem_seg_data label maps (the decoder is not run)")
     steps: int = flag(600, "steps of the second phase: everything in TRAINED learns the masks")
     patch_class_loss_weight: float = flag(1.0, "weight of the patch classification loss in the second phase (0: off)")
+    patch_position_loss_weight: float = flag(0.0, "weight of the patch position loss in both phases (0: off): each patch's CLIP feature at the "
+                                                  "LLM's level must give its row and column through a linear head")
     image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss in both phases (0: off): each LLM image token "
                                                "is classified among the batch's class names by its cosine to their input embeddings, "
                                                "and mm_projector learns with it")
@@ -198,6 +204,24 @@ def patch_class_loss(model: PixelLMForCausalLM, key_head: nn.Linear, features: I
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), accuracy
 
 
+def patch_position_loss(position_head: nn.Linear, llm_level: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean squared error of each patch's (row, column) read by ``position_head`` [C_vis -> 2] from its CLIP feature,
+    the mean absolute error in patches), over the patches that are not padding.
+
+    llm_level: [B, g*g, C_vis] the CLIP level the LLM's image tokens are projected from; valid: bool [B, g, g].
+    A vision tower trained from scratch on masks and classes forgets where a patch is (segmentation does not
+    need it), and an LLM that cannot tell where a token lies cannot tie the colour it sees there to the shape it
+    sees there (docs/training.md has the measured effect). Positions are scaled to [-1, 1]; the head is linear
+    so that they stay linear in the features, where attention can use them.
+    """
+    g = valid.shape[-1]
+    centres = (torch.arange(g, device=llm_level.device, dtype=torch.float32) + 0.5) * 2 / g - 1
+    target = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(1, g * g, 2).expand(llm_level.shape[0], -1, -1)
+    keep = valid.flatten(1)
+    error = position_head(llm_level[keep]).float() - target[keep]
+    return error.pow(2).mean(), float(error.abs().mean()) * g / 2
+
+
 def image_token_loss(model: PixelLMForCausalLM, features: ImageFeatures, batch: dict, tokenizer) -> tuple[torch.Tensor, float]:
     """(cross-entropy of each labelled LLM image token over the batch's class names, its accuracy).
 
@@ -266,6 +290,7 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     embeddings = model.get_input_embeddings().weight
     # Scores patch features against class names during this stage only; it is not part of the saved model.
     key_head = nn.Linear(model.config.text_config.hidden_size, model.config.out_dim, bias=False).to(device, dtype)
+    position_head = nn.Linear(model.config.vision_config.hidden_size, 2).to(device, dtype)  # stage only, like key_head
     collate = functools.partial(collate_samples, grid=model.config.vision_grid, llm_grid=model.config.llm_grid,
                                 image_size=model.config.image_size)
 
@@ -274,28 +299,37 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
         data = HybridDataset(data_args, processor, model.config.tokens_per_target, steps * args.batch_size)
         return DataLoader(data, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=args.workers, drop_last=True)
 
-    def features_of(batch: dict) -> ImageFeatures:
-        return model.encode_images(batch["pixel_values"].to(device, dtype), batch["clip_resize"].to(device))
+    def features_of(batch: dict) -> tuple[ImageFeatures, torch.Tensor]:
+        """The batch's image features and the CLIP level of the LLM's image tokens [B, g*g, C_vis]."""
+        features = model.encode_images(batch["pixel_values"].to(device, dtype), batch["clip_resize"].to(device), decoder_features=False)
+        llm_level = features.clip_levels[:, 0]
+        return model.add_decoder_features(features), llm_level
 
-    def with_token_loss(loss: torch.Tensor, metrics: dict[str, float], features: ImageFeatures, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def with_shared_losses(loss: torch.Tensor, metrics: dict[str, float], features: ImageFeatures, llm_level: torch.Tensor,
+                           batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss`` plus the image-token and patch-position losses where their weights are set."""
         if args.image_token_loss_weight:
             token_loss, metrics["token_acc"] = image_token_loss(model, features, batch, tokenizer)
             loss = loss + args.image_token_loss_weight * token_loss
+        if args.patch_position_loss_weight:
+            valid = patch_validity(features.clip_resize, model.config.image_size, model.config.vision_grid)
+            position_loss, metrics["position_error"] = patch_position_loss(position_head, llm_level, valid)
+            loss = loss + args.patch_position_loss_weight * position_loss
         return loss, metrics
 
     def vision_loss(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        features = features_of(batch)
+        features, llm_level = features_of(batch)
         loss, accuracy = patch_class_loss(model, key_head, features, batch, tokenizer)
-        return with_token_loss(loss, {"patch_acc": accuracy}, features, batch)
+        return with_shared_losses(loss, {"patch_acc": accuracy}, features, llm_level, batch)
 
     def segmentation_loss(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        features = features_of(batch)
+        features, llm_level = features_of(batch)
         loss, iou = mask_loss(model, features, batch, tokenizer)
         metrics = {"iou": iou}
         if args.patch_class_loss_weight:
             class_loss, metrics["patch_acc"] = patch_class_loss(model, key_head, features, batch, tokenizer)
             loss = loss + args.patch_class_loss_weight * class_loss
-        return with_token_loss(loss, metrics, features, batch)
+        return with_shared_losses(loss, metrics, features, llm_level, batch)
 
     logger.info("segmentation pretraining of %s on %s: %d vision steps (%s), %d segmentation steps (%s, rates %s) of %d images, "
                 "lr %g, %s on %s", args.version, args.dataset_dir, args.vision_steps, args.sem_seg_data, args.steps, args.dataset,
@@ -303,11 +337,11 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     model.train()
     started, vision = time.time(), {}
     def trainable(modules: tuple[str, ...]) -> list[nn.Parameter]:
-        """Only ``modules`` (and mm_projector with the image-token loss), the input embeddings and the key head
-        require gradients; returns them."""
+        """Only ``modules`` (and mm_projector with the image-token loss), the input embeddings and the key and
+        position heads require gradients; returns them."""
         model.requires_grad_(False)
         modules = (*modules, "mm_projector") if args.image_token_loss_weight else modules
-        params = [p for name in modules for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters()]
+        params = [p for name in modules for p in getattr(model, name).parameters()] + [embeddings, *key_head.parameters(), *position_head.parameters()]
         for p in params:
             p.requires_grad_(True)
         return params

@@ -27,7 +27,9 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     assert names == ["synthetic world", "tiny model", "segmentation pretraining", "train_llm_refer", "train_llm", "merge the LLM",
                      "train PixelLM with LoRA", "merge LoRA", "evaluate", "examples"]
     commands = {s.name: s.commands() for s in stages if s.name != "examples"}
-    assert str(paths.pretrained) in commands["segmentation pretraining"][0]
+    pretraining = commands["segmentation pretraining"][0]
+    assert str(paths.pretrained) in pretraining
+    assert pretraining[pretraining.index("--patch_position_loss_weight") + 1] == "1.0"  # the tower keeps patch positions (docs/training.md)
     tiny = commands["tiny model"][0]
     assert tiny[tiny.index("--no_repeat_target_ngram_size") + 1] == "3"  # the model folder carries the decoding rule to chat and evaluation
     assert tiny[tiny.index("--min_target_confidence") + 1] == "0.8"  # and the rule that withdraws weak targets

@@ -19,11 +19,13 @@ from demo.segmentation_pretraining import (
     name_states,
     parse_args,
     patch_class_loss,
+    patch_position_loss,
     pretrain_segmentation,
 )
 from model import PixelLMForCausalLM, PixelLMImageProcessor
 from model.conversation import IGNORE_INDEX
 from model.tokenization import load_tokenizer
+from model.vision_tower import patch_validity
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
     log_dir = world["root"] / "pretrain_log"
     args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(out), dataset="sem_seg",
                         sample_rates="1", sem_seg_data="ade20k", vision_steps=10, steps=25, batch_size=4, lr=1e-3, warmup_steps=5,
-                        precision="fp32", workers=0, device="cpu", log_dir=str(log_dir))
+                        precision="fp32", workers=0, device="cpu", log_dir=str(log_dir), patch_position_loss_weight=1.0)
     result = pretrain_segmentation(args)
     assert result["steps"] == 35 and result["out"] == str(out)
     assert 0.0 <= result["vision_patch_accuracy"] <= 1.0
@@ -80,6 +82,7 @@ def test_pretraining_trains_vision_and_decoder_only_and_lowers_the_mask_loss(wor
     events.Reload()
     assert [e.step for e in events.Scalars("pretrain/vision/patch_acc")] == [9]
     assert [e.step for e in events.Scalars("pretrain/segmentation/iou")] == [19, 29]
+    assert [e.step for e in events.Scalars("pretrain/segmentation/position_error")] == [19, 29]
     assert not out.with_name(out.name + ".partial").exists()
 
     trained = PixelLMForCausalLM.from_pretrained(out)
@@ -179,6 +182,53 @@ def test_image_token_loss_aligns_llm_image_tokens_with_the_names(world):
         accuracies.append(accuracy)
     assert losses[-1] < 0.5 * losses[0]
     assert accuracies[-1] > accuracies[0] + 0.2
+
+
+def test_patch_position_loss_reads_row_and_column_and_ignores_padding():
+    g, width = 4, 5
+    valid = torch.zeros(1, g, g, dtype=torch.bool)
+    valid[0, :3, :2] = True  # a tall image: 3 rows and 2 columns of patches, the rest padding
+    centres = (torch.arange(g) + 0.5) * 2 / g - 1
+    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
+    features = torch.randn(1, g * g, width) * 100  # padding patches: garbage everywhere
+    keep = valid.flatten(1)[0]
+    features[0, keep, 0], features[0, keep, 1] = rows.flatten()[keep], cols.flatten()[keep]
+    head = torch.nn.Linear(width, 2)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0, 0] = head.weight[1, 1] = 1.0
+        loss, error = patch_position_loss(head, features, valid)
+        assert (loss.item(), error) == (0.0, 0.0)
+        head.bias[1] = 2 / g  # every column read one patch too far right, rows exact
+        loss, error = patch_position_loss(head, features, valid)
+    assert error == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(0.5 * (2 / g) ** 2)
+
+
+def test_patch_position_loss_teaches_the_vision_tower_where_each_patch_is(world):
+    """Steps on one batch: the patch positions read from the LLM's CLIP level get well under the error of a head that
+    ignores the features (the positions' mean), which is about where a random tower starts."""
+    torch.manual_seed(0)
+    model = PixelLMForCausalLM.from_pretrained(world["tiny"])
+    batch = fixed_batch(world, model, PixelLMImageProcessor.from_pretrained(world["tiny"]))
+    head = torch.nn.Linear(model.config.vision_config.hidden_size, 2)
+    g = model.config.vision_grid
+    valid = patch_validity(batch["clip_resize"], model.config.image_size, g)
+    centres = (torch.arange(g) + 0.5) * 2 / g - 1
+    positions = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1)[None].expand(len(valid), -1, -1, -1)[valid]
+    mean_guess_error = float((positions - positions.mean(0)).abs().mean()) * g / 2
+    optimizer = torch.optim.AdamW([*model.vision_tower.parameters(), *head.parameters()], lr=1e-3)
+    errors = []
+    for _ in range(200):
+        features = model.encode_images(batch["pixel_values"], batch["clip_resize"], decoder_features=False)
+        loss, error = patch_position_loss(head, features.clip_levels[:, 0], valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        errors.append(error)
+    assert min(errors[:20]) > 0.9 * mean_guess_error
+    assert errors[-1] < 0.75 * mean_guess_error
 
 
 def test_cli_flags_keep_the_dataclass_defaults():
