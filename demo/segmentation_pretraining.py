@@ -204,6 +204,12 @@ def patch_class_loss(model: PixelLMForCausalLM, key_head: nn.Linear, features: I
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), accuracy
 
 
+def patch_positions(grid: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[grid, grid, 2] float32: each patch centre's (row, column), scaled to [-1, 1]."""
+    centres = (torch.arange(grid, device=device, dtype=torch.float32) + 0.5) * 2 / grid - 1
+    return torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1)
+
+
 def patch_position_loss(position_head: nn.Linear, llm_level: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(mean squared error of each patch's (row, column) read by ``position_head`` [C_vis -> 2] from its CLIP feature,
     the mean absolute error in patches), over the patches that are not padding.
@@ -215,10 +221,8 @@ def patch_position_loss(position_head: nn.Linear, llm_level: torch.Tensor, valid
     so that they stay linear in the features, where attention can use them.
     """
     g = valid.shape[-1]
-    centres = (torch.arange(g, device=llm_level.device, dtype=torch.float32) + 0.5) * 2 / g - 1
-    target = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(1, g * g, 2).expand(llm_level.shape[0], -1, -1)
-    keep = valid.flatten(1)
-    error = position_head(llm_level[keep]).float() - target[keep]
+    target = patch_positions(g, llm_level.device)[None].expand(len(valid), -1, -1, -1)[valid]
+    error = position_head(llm_level[valid.flatten(1)]).float() - target
     return error.pow(2).mean(), float(error.abs().mean()) * g / 2
 
 

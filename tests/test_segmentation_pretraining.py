@@ -20,6 +20,7 @@ from demo.segmentation_pretraining import (
     parse_args,
     patch_class_loss,
     patch_position_loss,
+    patch_positions,
     pretrain_segmentation,
 )
 from model import PixelLMForCausalLM, PixelLMImageProcessor
@@ -188,11 +189,8 @@ def test_patch_position_loss_reads_row_and_column_and_ignores_padding():
     g, width = 4, 5
     valid = torch.zeros(1, g, g, dtype=torch.bool)
     valid[0, :3, :2] = True  # a tall image: 3 rows and 2 columns of patches, the rest padding
-    centres = (torch.arange(g) + 0.5) * 2 / g - 1
-    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
     features = torch.randn(1, g * g, width) * 100  # padding patches: garbage everywhere
-    keep = valid.flatten(1)[0]
-    features[0, keep, 0], features[0, keep, 1] = rows.flatten()[keep], cols.flatten()[keep]
+    features[0, valid.flatten(1)[0], :2] = patch_positions(g)[valid[0]]
     head = torch.nn.Linear(width, 2)
     with torch.no_grad():
         head.weight.zero_()
@@ -215,8 +213,7 @@ def test_patch_position_loss_teaches_the_vision_tower_where_each_patch_is(world)
     head = torch.nn.Linear(model.config.vision_config.hidden_size, 2)
     g = model.config.vision_grid
     valid = patch_validity(batch["clip_resize"], model.config.image_size, g)
-    centres = (torch.arange(g) + 0.5) * 2 / g - 1
-    positions = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1)[None].expand(len(valid), -1, -1, -1)[valid]
+    positions = patch_positions(g)[None].expand(len(valid), -1, -1, -1)[valid]
     mean_guess_error = float((positions - positions.mean(0)).abs().mean()) * g / 2
     optimizer = torch.optim.AdamW([*model.vision_tower.parameters(), *head.parameters()], lr=1e-3)
     errors = []
