@@ -223,7 +223,7 @@ def patch_position_loss(position_head: nn.Linear, llm_level: torch.Tensor, valid
     g = valid.shape[-1]
     target = patch_positions(g, llm_level.device)[None].expand(len(valid), -1, -1, -1)[valid]
     error = position_head(llm_level[valid.flatten(1)]).float() - target
-    return error.pow(2).mean(), float(error.abs().mean()) * g / 2
+    return error.pow(2).mean(), float(error.detach().abs().mean()) * g / 2
 
 
 def image_token_loss(model: PixelLMForCausalLM, features: ImageFeatures, batch: dict, tokenizer) -> tuple[torch.Tensor, float]:
