@@ -6,8 +6,9 @@ where there is one (``demo.recipe.demo_stages`` lists them):
 
 1. ``python -m dataset.synthetic``   writes the synthetic world in the real datasets' formats;
 2. ``python -m model.tiny``          builds a tiny random PixelLM (a 4-layer LLM, ``--llm_layers``) whose
-   tokenizer covers the world's text, its config asking generation never to name a target twice in one
-   answer (``model/target_repeat_ban.py``);
+   tokenizer covers the world's text, its config carrying the decoding rules: never name a target twice in one
+   answer (``model/target_repeat_ban.py``), keep the answer of 6 whose targets the others share
+   (``model/answer_candidates.py``) and withdraw targets whose mask is weak (``model/target_confidence.py``);
 3. ``python -m demo.segmentation_pretraining`` gives it what CLIP and LLaVA give the real model: its vision
    tower learns shapes and colours, its decoder learns to segment named targets (a random LLM cannot yet
    give the decoder usable prompts);

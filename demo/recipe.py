@@ -20,6 +20,7 @@ from cli import flag
 from dataset.multi_reason_seg import load_muse, muse_image_path, muse_question
 from dataset.templates import load_templates
 from evaluation.metrics import TARGET_METRICS
+from model.tiny import DECODING_RULES
 from training.distributed import free_port
 
 REFER_VAL = "refcoco|unc|val"
@@ -51,19 +52,24 @@ class DemoSettings:
     llm_layers: int = flag(4, "decoder layers of the tiny LLM")
     no_repeat_target_ngram_size: int = flag(3, "the model's decoding rule: never name a target twice, a name being this many "
                                                 "tokens before a seg group (0: off; model/target_repeat_ban.py)")
-    min_target_confidence: float = flag(0.8, "the model's decoding rule: withdraw a target whose mask's confidence is under "
+    min_target_confidence: float = flag(0.9, "the model's decoding rule: withdraw a target whose mask's confidence is under "
                                              "this (0: off; model/target_confidence.py)")
+    answer_candidates: int = flag(6, "the model's decoding rule: answer each question this many times and keep the answer "
+                                     "whose targets they agree on (1: greedy only; model/answer_candidates.py)")
+    candidate_temperature: float = flag(1.0, "temperature of the sampled answer candidates")
+    candidate_min_confidence: float = flag(0.9, "mask confidence from which a candidate's mask is a target")
+    candidate_vote_share: float = flag(0.4, "a target named by more than this share of the candidates counts for an answer")
     train_no_target_rate: float = flag(0.15, "chance of a training MUSE question about each absent colour or kind")
     train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
     vqa_presence_questions: bool = flag(False, "VQA also asks whether a kind or a colour is there (docs/training.md)")
     image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss of segmentation pretraining")
     patch_position_loss_weight: float = flag(1.0, "weight of the patch position loss of segmentation pretraining (0: off)")
     vision_steps: int = flag(3000, "vision phase of segmentation pretraining")
-    pretrain_steps: int = flag(1500, "segmentation phase of segmentation pretraining")
+    pretrain_steps: int = flag(1000, "segmentation phase of segmentation pretraining")
     pretrain_lr: float = flag(1e-3, "peak learning rate of segmentation pretraining")
-    refer_epochs: int = flag(2, "referring-heavy epochs at the start of the LLM stage (0: none)")
+    refer_epochs: int = flag(1, "referring-heavy epochs at the start of the LLM stage (0: none)")
     refer_sample_rates: str = flag("6,3,1", "refer_seg, multi_reason_seg, vqa of those epochs")
-    llm_epochs: int = flag(4, "epochs of the LLM stage at --sample_rates (whole LLM, decoder frozen)")
+    llm_epochs: int = flag(5, "epochs of the LLM stage at --sample_rates (whole LLM, decoder frozen)")
     lora_epochs: int = flag(1, "epochs of the LoRA stage (decoder trained too; 0: skip)")
     steps_per_epoch: int = flag(400, "optimizer steps per epoch of every train_ds.py run")
     batch_size: int = flag(8, "images per step")
@@ -129,8 +135,7 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                                            *(["--vqa_presence_questions"] if s.vqa_presence_questions else [])]], {"scene": s.train_scenes}),
         Stage("tiny model", lambda: [[py, "-m", "model.tiny", "--out", str(paths.base), "--seed", str(s.seed),
                               "--corpus", str(paths.world / "corpus.txt"), "--llm_layers", str(s.llm_layers),
-                              "--no_repeat_target_ngram_size", str(s.no_repeat_target_ngram_size),
-                              "--min_target_confidence", str(s.min_target_confidence)]], {"setup": 0.5}),
+                              *(f"--{rule}={getattr(s, rule)}" for rule in DECODING_RULES)]], {"setup": 0.5}),
         Stage("segmentation pretraining", lambda: [[py, "-m", "demo.segmentation_pretraining", "--version", str(paths.base),
                                             "--dataset_dir", str(paths.world), "--out", str(paths.pretrained),
                                             "--dataset", "sem_seg||refer_seg", "--sem_seg_data", "ade20k", "--refer_seg_data", "refcoco",

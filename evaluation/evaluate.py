@@ -140,9 +140,11 @@ def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions
             torch.stack(gts) if gts else gt_all.new_zeros((0, height, width)),
             torch.tensor(unmatched, dtype=torch.bool),
         )
-        pred_counts = [int(gen.pred_masks[offset[b] + j].shape[0]) for j in range(len(per_question))]
+        rows = range(offset[b], offset[b] + len(per_question))
+        fields = {"answers": answers, "pred_counts": [int(gen.pred_masks[r].shape[0]) for r in rows],
+                  "chosen_candidates": [gen.chosen_candidate[r] for r in rows]}
         targets = [question_targets(c, g) for c, g in zip(counts.split(pairs_per_question), per_question)]
-        results.append((counts, targets, {"answers": answers, "pred_counts": pred_counts}))
+        results.append((counts, targets, fields))
     return results
 
 

@@ -40,6 +40,10 @@ class PixelLMConfig(PreTrainedConfig):
         before a seg group (0: off; ``model/target_repeat_ban.py``).
     min_target_confidence: generation withdraws a target whose mask's confidence (mean probability over the pixels
         it claims) is under this (0: off; ``model/target_confidence.py``).
+    answer_candidates, candidate_temperature, candidate_min_confidence, candidate_vote_share: generation answers each
+        prompt this many times (the greedy answer and the others sampled at the temperature) and keeps the answer
+        whose targets (masks at least that confident) the answers agree on: a target named by more than the vote
+        share of them counts for an answer, fewer against (1: greedy only; ``model/answer_candidates.py``).
     compat_clip_pos_embed_shift: reproduce the original's CLS/grid shift when resizing CLIP positions.
     compat_fixed_fusion: fixed 1/(2*seg_token_num) token weights and 1/2 scale weights instead of learnable ones.
     image_token_id, im_start_token_id, im_end_token_id, seg_token_ids: ids in the model's tokenizer.
@@ -70,6 +74,10 @@ class PixelLMConfig(PreTrainedConfig):
     use_refinement_loss: bool = True
     no_repeat_target_ngram_size: int = 0
     min_target_confidence: float = 0.0
+    answer_candidates: int = 1
+    candidate_temperature: float = 1.0
+    candidate_min_confidence: float = 0.9
+    candidate_vote_share: float = 0.4
     compat_clip_pos_embed_shift: bool = False
     compat_fixed_fusion: bool = False
     image_token_id: int | None = None
@@ -94,6 +102,14 @@ class PixelLMConfig(PreTrainedConfig):
             raise ValueError(f"no_repeat_target_ngram_size must be >= 0 (0: off), got {self.no_repeat_target_ngram_size}: fix it in config.json")
         if not 0.0 <= self.min_target_confidence < 1.0:
             raise ValueError(f"min_target_confidence must be in [0, 1) (0: off), got {self.min_target_confidence}: fix it in config.json")
+        if self.answer_candidates < 1:
+            raise ValueError(f"answer_candidates must be >= 1 (1: greedy only), got {self.answer_candidates}: fix it in config.json")
+        if self.candidate_temperature <= 0:
+            raise ValueError(f"candidate_temperature must be > 0, got {self.candidate_temperature}: fix it in config.json")
+        if not 0.0 <= self.candidate_min_confidence <= 1.0:
+            raise ValueError(f"candidate_min_confidence must be in [0, 1], got {self.candidate_min_confidence}: fix it in config.json")
+        if not 0.0 <= self.candidate_vote_share <= 1.0:
+            raise ValueError(f"candidate_vote_share must be in [0, 1], got {self.candidate_vote_share}: fix it in config.json")
         if self.seg_token_ids is not None and len(self.seg_token_ids) != self.tokens_per_target:
             raise ValueError(
                 f"seg_token_ids has {len(self.seg_token_ids)} ids, expected K = seg_token_num * "

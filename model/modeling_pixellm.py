@@ -12,6 +12,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput
 
+from .answer_candidates import candidate_tokens, choose_candidate, expand_rows, replay
 from .configuration_pixellm import PixelLMConfig
 from .conversation import IGNORE_INDEX
 from .losses import bce_per_mask, dice_per_mask, refinement_per_mask
@@ -129,6 +130,7 @@ class PixelLMGenerateOutput(ModelOutput):
     target_confidence: per prompt, float [N_q] the confidence of each mask (``model.target_confidence``).
     withdrawn_groups: per prompt, the seg groups withdrawn for a confidence under ``min_target_confidence``, as
         (positions of their K tokens in ``sequences[q]``, confidence); they have no mask and are not in ``seg_groups``.
+    chosen_candidate: per prompt, which of its ``answer_candidates`` answers was kept (0: the greedy one).
     """
 
     sequences: list[list[int]] | None = None
@@ -136,6 +138,7 @@ class PixelLMGenerateOutput(ModelOutput):
     pred_masks: list[torch.Tensor] | None = None
     target_confidence: list[torch.Tensor] | None = None
     withdrawn_groups: list[list[tuple[list[int], float]]] | None = None
+    chosen_candidate: list[int] | None = None
 
 
 class PixelLMPreTrainedModel(PreTrainedModel):
@@ -430,13 +433,68 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         out.loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * (bce + refine) + cfg.dice_loss_weight * dice
 
     # -- inference --------------------------------------------------------------------------------------
-    def _greedy_token(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [Q, V] -> the most likely token of each row [Q], never the ``<image>`` placeholder (it only
-        marks where image features go; its lm_head row is untrained)."""
+    def _allowed_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [Q, V] with the ``<image>`` placeholder at -inf: it only marks where image features go (its
+        lm_head row is untrained), so generation never emits it."""
         if self.config.image_token_id is not None:
             logits = logits.clone()
             logits[:, self.config.image_token_id] = float("-inf")
-        return logits.argmax(-1)
+        return logits
+
+    def _decode_tokens(
+        self,
+        embeds: torch.Tensor,
+        attn: torch.Tensor,
+        positions: torch.Tensor,
+        budgets: torch.Tensor,
+        eos: int,
+        candidates: int,
+        generator: torch.Generator | None,
+        use_cache: bool,
+        streamer: BaseStreamer | None,
+        no_repeat_target_ngram_size: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token loop of ``generate_with_masks`` over R rows: embeds [R, T, H] (attn, positions [R, T]), one
+        budget per row [R] -> (tokens [R, S], the state that predicted each [R, S, H]); a finished row repeats eos.
+        With candidates > 1 the rows are each prompt's candidates, the first greedy and the others sampled."""
+        rows, device = embeds.shape[0], embeds.device
+        cache = DynamicCache() if use_cache else None
+        hidden, logits = self._run_llm(embeds, attn, positions, cache, last_logits_only=True)
+        last_hidden, next_logits = hidden[:, -1], logits[:, -1]
+        steps, predicting = [], []
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        ngram = self.config.no_repeat_target_ngram_size if no_repeat_target_ngram_size is None else no_repeat_target_ngram_size
+        ban = TargetRepeatBan(ngram, list(self.config.seg_token_ids), rows) if ngram else None
+        while True:
+            if ban is not None:
+                next_logits = ban.apply(next_logits)
+            allowed = self._allowed_logits(next_logits)
+            token = allowed.argmax(-1)
+            if candidates > 1:
+                token = candidate_tokens(allowed, token, candidates, self.config.candidate_temperature, generator)
+            token = torch.where(done, torch.full_like(token, eos), token)
+            if ban is not None:
+                ban.record(token)
+            steps.append(token)
+            predicting.append(last_hidden)
+            if streamer is not None:
+                streamer.put(token)
+            done |= (token == eos) | (len(steps) >= budgets)
+            if done.all():
+                break
+            step_embed = self.get_input_embeddings()(token[:, None])
+            attn = torch.cat([attn, attn.new_ones(rows, 1)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+            if use_cache:
+                hidden, logits = self._run_llm(step_embed, attn, positions[:, -1:], cache)
+            else:
+                embeds = torch.cat([embeds, step_embed], dim=1)
+                hidden, logits = self._run_llm(embeds, attn, positions, last_logits_only=True)
+            last_hidden, next_logits = hidden[:, -1], logits[:, -1]
+        if streamer is not None:
+            streamer.end()
+        # predicting[t] is the state that predicted generated token t.
+        return torch.stack(steps, dim=1), torch.stack(predicting, dim=1)
 
     @torch.no_grad()
     def generate_with_masks(
@@ -454,6 +512,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         streamer: BaseStreamer | None = None,
         no_repeat_target_ngram_size: int | None = None,
         min_target_confidence: float | None = None,
+        answer_candidates: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> PixelLMGenerateOutput:
         """Greedy generation for Q left-padded prompts, then all their masks in one decoder call.
 
@@ -466,64 +526,48 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         twice, a name being that many tokens before a seg group (``model/target_repeat_ban.py``).
         ``min_target_confidence`` (default: the config's; 0: off): seg groups whose mask is less confident are
         withdrawn (``model/target_confidence.py``).
+        ``answer_candidates`` (default: the config's; 1: greedy only): answers per prompt, the greedy one and the
+        others sampled (from ``generator``, default one seeded with 0), of which the one whose targets most answers
+        share is kept (``model/answer_candidates.py``); the streamer then sees the kept answers once all are chosen.
         """
+        n = self.config.answer_candidates if answer_candidates is None else answer_candidates
+        if n < 1:
+            raise ValueError(f"answer_candidates must be >= 1 (1: greedy only), got {n}")
+        q = input_ids.shape[0]
+        budgets = torch.tensor([max_new_tokens] * q if isinstance(max_new_tokens, int) else list(max_new_tokens), device=input_ids.device)
+        if budgets.numel() != q or (budgets < 1).any():
+            raise ValueError(f"max_new_tokens must be >= 1, one value or one per prompt ({q}), got {max_new_tokens}")
         features, row_image, embeds, attn, positions = self._prepare(input_ids, attention_mask, pixel_values, clip_resize, offset, image_features)
         sizes = self._output_sizes(features.llm_embeds.shape[0], None, original_sizes, features.clip_resize)
         eos = eos_token_id if eos_token_id is not None else self.config.text_config.eos_token_id
-        q, device = input_ids.shape[0], input_ids.device
-        budgets = torch.tensor([max_new_tokens] * q if isinstance(max_new_tokens, int) else list(max_new_tokens), device=device)
-        if budgets.numel() != q or (budgets < 1).any():
-            raise ValueError(f"max_new_tokens must be >= 1, one value or one per prompt ({q}), got {max_new_tokens}")
-
-        cache = DynamicCache() if use_cache else None
-        hidden, logits = self._run_llm(embeds, attn, positions, cache, last_logits_only=True)
-        last_hidden, next_logits = hidden[:, -1], logits[:, -1]
-        steps, predicting = [], []
-        done = torch.zeros(q, dtype=torch.bool, device=device)
-        ngram = self.config.no_repeat_target_ngram_size if no_repeat_target_ngram_size is None else no_repeat_target_ngram_size
-        ban = TargetRepeatBan(ngram, list(self.config.seg_token_ids), q) if ngram else None
-        while True:
-            if ban is not None:
-                next_logits = ban.apply(next_logits)
-            token = torch.where(done, torch.full_like(done, eos, dtype=torch.long), self._greedy_token(next_logits))
-            if ban is not None:
-                ban.record(token)
-            steps.append(token)
-            predicting.append(last_hidden)
-            if streamer is not None:
-                streamer.put(token)
-            done |= (token == eos) | (len(steps) >= budgets)
-            if done.all():
-                break
-            step_embed = self.get_input_embeddings()(token[:, None])
-            attn = torch.cat([attn, attn.new_ones(q, 1)], dim=1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-            if use_cache:
-                hidden, logits = self._run_llm(step_embed, attn, positions[:, -1:], cache)
-            else:
-                embeds = torch.cat([embeds, step_embed], dim=1)
-                hidden, logits = self._run_llm(embeds, attn, positions, last_logits_only=True)
-            last_hidden, next_logits = hidden[:, -1], logits[:, -1]
-        if streamer is not None:
-            streamer.end()
-
-        tokens = torch.stack(steps, dim=1)
+        if n > 1:
+            embeds, attn, positions, row_image, budgets = (expand_rows(t, n) for t in (embeds, attn, positions, row_image, budgets))
+            if generator is None:
+                generator = torch.Generator(device=input_ids.device).manual_seed(0)
+        tokens, states = self._decode_tokens(embeds, attn, positions, budgets, eos, n, generator, use_cache,
+                                             streamer if n == 1 else None, no_repeat_target_ngram_size)
         sequences = []
-        for i in range(q):
-            row = tokens[i, : int(budgets[i])].tolist()
+        for i, budget in enumerate(budgets.tolist()):
+            row = tokens[i, :budget].tolist()
             sequences.append(row[: row.index(eos) + 1] if eos in row else row)
         trimmed = torch.full_like(tokens, -1)
         for i, seq in enumerate(sequences):
             trimmed[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.tokens_per_target)
-        # predicting[t] is the state that predicted generated token t.
-        states = torch.stack(predicting, dim=1)
         masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)
-        per_prompt = self._stack_by(masks, groups.rows.tolist(), q, [sizes[int(b)] for b in row_image], states)
+        per_row = self._stack_by(masks, groups.rows.tolist(), q * n, [sizes[int(b)] for b in row_image], states)
+        chosen = list(range(q))
+        if n > 1:
+            cfg = self.config
+            chosen = [i * n + choose_candidate(per_row[i * n : (i + 1) * n], cfg.candidate_min_confidence, cfg.candidate_vote_share)
+                      for i in range(q)]
+            if streamer is not None:
+                replay(streamer, [sequences[r] for r in chosen], eos)
         threshold = self.config.min_target_confidence if min_target_confidence is None else min_target_confidence
         kept_masks, kept_groups, confidence, withdrawn = map(
-            list, zip(*(split_by_confidence(per_prompt[i], groups.of_row(i), threshold) for i in range(q)))
+            list, zip(*(split_by_confidence(per_row[r], groups.of_row(r), threshold) for r in chosen))
         )
         return PixelLMGenerateOutput(
-            sequences=sequences, seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence, withdrawn_groups=withdrawn
+            sequences=[sequences[r] for r in chosen], seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence,
+            withdrawn_groups=withdrawn, chosen_candidate=[r % n for r in chosen],
         )

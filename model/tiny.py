@@ -52,16 +52,22 @@ TINY_PIXELLM = {
     "decoder_attention_downsample": 2,
 }
 
+# PixelLMConfig fields that change how a model answers, not what it computes.
+DECODING_RULES = ("no_repeat_target_ngram_size", "min_target_confidence", "answer_candidates", "candidate_temperature",
+                  "candidate_min_confidence", "candidate_vote_share")
+
 
 def build_tiny(out_dir: str | os.PathLike, seed: int = 0, corpus: list[str] | None = None, llm_layers: int | None = None,
-               no_repeat_target_ngram_size: int = 0, min_target_confidence: float = 0.0) -> Path:
+               **decoding: float) -> Path:
     """Write a complete tiny random PixelLM folder to ``out_dir`` and return its path (``llm_layers``: the LLM's
-    decoder layers, default ``TINY_TEXT``'s; ``no_repeat_target_ngram_size``, ``min_target_confidence``: the
-    config's decoding rules, 0: off)."""
+    decoder layers, default ``TINY_TEXT``'s; ``decoding``: the config's decoding rules, ``DECODING_RULES``, off
+    when not given)."""
+    unknown = set(decoding) - set(DECODING_RULES)
+    if unknown:
+        raise TypeError(f"build_tiny: {sorted(unknown)} are not decoding rules; expected some of {DECODING_RULES}")
     torch.manual_seed(seed)
     text_config = dict(TINY_TEXT, num_hidden_layers=llm_layers or TINY_TEXT["num_hidden_layers"])
-    config = PixelLMConfig(vision_config=dict(TINY_VISION), text_config=text_config, no_repeat_target_ngram_size=no_repeat_target_ngram_size,
-                           min_target_confidence=min_target_confidence, **TINY_PIXELLM)
+    config = PixelLMConfig(vision_config=dict(TINY_VISION), text_config=text_config, **decoding, **TINY_PIXELLM)
     tokenizer, token_ids = train_tiny_tokenizer(corpus or [], config.tokens_per_target, model_max_length=TINY_TEXT["max_position_embeddings"])
     text = config.text_config
     text.vocab_size, text.eos_token_id, text.bos_token_id, text.pad_token_id = (
@@ -82,9 +88,16 @@ def main() -> None:
                         help="generation never names a target twice, a name being this many tokens before a seg group (0: off)")
     parser.add_argument("--min_target_confidence", type=float, default=0.0,
                         help="generation withdraws a target whose mask is less confident than this (0: off)")
+    parser.add_argument("--answer_candidates", type=int, default=1,
+                        help="generation answers each prompt this many times and keeps the answer whose targets they agree on (1: greedy only)")
+    parser.add_argument("--candidate_temperature", type=float, default=1.0, help="temperature of the sampled answer candidates")
+    parser.add_argument("--candidate_min_confidence", type=float, default=0.9,
+                        help="mask confidence from which a candidate's mask is a target (weaker ones count against it)")
+    parser.add_argument("--candidate_vote_share", type=float, default=0.4,
+                        help="a target named by more than this share of the candidates counts for an answer, fewer against")
     args = parser.parse_args()
     corpus = Path(args.corpus).read_text().splitlines() if args.corpus else None
-    out = build_tiny(args.out, args.seed, corpus, args.llm_layers, args.no_repeat_target_ngram_size, args.min_target_confidence)
+    out = build_tiny(args.out, args.seed, corpus, args.llm_layers, **{rule: getattr(args, rule) for rule in DECODING_RULES})
     n = sum(p.numel() for p in PixelLMForCausalLM.from_pretrained(out).parameters())
     print(f"wrote a tiny PixelLM ({n / 1e6:.2f}M parameters) to {out}")
 

@@ -31,8 +31,11 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     assert str(paths.pretrained) in pretraining
     assert pretraining[pretraining.index("--patch_position_loss_weight") + 1] == "1.0"  # the tower keeps patch positions (docs/training.md)
     tiny = commands["tiny model"][0]
-    assert tiny[tiny.index("--no_repeat_target_ngram_size") + 1] == "3"  # the model folder carries the decoding rule to chat and evaluation
-    assert tiny[tiny.index("--min_target_confidence") + 1] == "0.8"  # and the rule that withdraws weak targets
+    # the model folder carries the decoding rules to chat and evaluation: no target named twice, weak targets withdrawn,
+    # the answer of 6 whose targets they agree on (docs/training.md)
+    for rule in ("--no_repeat_target_ngram_size=3", "--min_target_confidence=0.9", "--answer_candidates=6",
+                 "--candidate_temperature=1.0", "--candidate_min_confidence=0.9", "--candidate_vote_share=0.4"):
+        assert rule in tiny
     assert tiny[tiny.index("--llm_layers") + 1] == "4"  # answers MUSE questions better than 2 layers (docs/training.md)
     assert ["--weight", str(paths.run("train_llm_refer") / "ckpt_model")] == commands["train_llm"][0][-2:]
     merge = commands["merge the LLM"][0]

@@ -62,7 +62,7 @@ def test_limit_jsonl_and_dataloader_input(setup, tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["index"] for r in records] == [0, 1] and limited["items"] == 2
     assert sum(len(r["iou"]) for r in records) == limited["pairs"]
-    assert all(len(r["answers"]) == len(r["questions"]) == len(r["pred_counts"]) for r in records)
+    assert all(len(r["answers"]) == len(r["questions"]) == len(r["pred_counts"]) == len(r["chosen_candidates"]) for r in records)
     assert all(isinstance(a, str) for r in records for a in r["answers"])
 
     loader = DataLoader(torch.utils.data.Subset(val, [0, 1]), batch_size=1, collate_fn=val.collate_fn)
