@@ -47,28 +47,34 @@ def candidate_tokens(
 def choose_candidate(candidates: list[torch.Tensor], min_confidence: float, vote_share: float) -> int:
     """The mask logits [N_c, H, W] of each of a prompt's candidates -> the index of the one to keep."""
     targets, weak = zip(*(_targets(masks, min_confidence) for masks in candidates))
-    scores = []
-    for own, n_weak in zip(targets, weak):
-        votes = [sum(any(_iou(mask, other) >= SAME_TARGET_IOU for other in theirs) for theirs in targets) for mask in own]
-        scores.append(sum(v / len(candidates) - vote_share for v in votes) - WEAK_PENALTY * n_weak)
-    return best_candidate(scores)
+    n = len(candidates)
+    owner = torch.cat([torch.full((len(t),), c, dtype=torch.long) for c, t in enumerate(targets)])
+    scores = -WEAK_PENALTY * torch.tensor(weak, dtype=torch.float32)
+    if owner.numel():
+        every = torch.cat(targets)
+        same = (_pairwise_iou(every, every) >= SAME_TARGET_IOU).float().cpu()
+        votes = (same @ torch.nn.functional.one_hot(owner, n).float() > 0).sum(1)
+        scores.index_add_(0, owner, votes / n - vote_share)
+    return best_candidate(scores.tolist())
 
 
-def _targets(masks: torch.Tensor, min_confidence: float) -> tuple[list[torch.Tensor], int]:
-    """mask logits [N, H, W] -> (the distinct confident masks as flat bool [H*W], in order; the number of weak ones)."""
-    distinct: list[torch.Tensor] = []
-    weak = 0
-    for mask, confidence in zip((masks > 0).flatten(1), mask_confidence(masks).tolist()):
-        if confidence < min_confidence:
-            weak += 1
-        elif all(_iou(mask, other) < SAME_TARGET_IOU for other in distinct):
-            distinct.append(mask)
-    return distinct, weak
+def _targets(masks: torch.Tensor, min_confidence: float) -> tuple[torch.Tensor, int]:
+    """mask logits [N, H, W] -> (the distinct confident masks, flat bool [D, H*W] in order; the number of weak ones)."""
+    confident = (mask_confidence(masks) >= min_confidence).cpu()
+    claimed = (masks > 0).flatten(1)[confident.to(masks.device)]
+    iou = _pairwise_iou(claimed, claimed).cpu()
+    kept: list[int] = []
+    for i in range(claimed.shape[0]):
+        if all(iou[i, j] < SAME_TARGET_IOU for j in kept):
+            kept.append(i)
+    return claimed[kept], int((~confident).sum())
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = int((a | b).sum())
-    return int((a & b).sum()) / union if union else 1.0
+def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Flat bool masks a [N, P], b [M, P] -> IoU [N, M] (1 where both are empty)."""
+    intersection = a.float() @ b.float().T
+    union = a.sum(1, keepdim=True) + b.sum(1)[None] - intersection
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 
 def best_candidate(scores: list[float]) -> int:

@@ -84,16 +84,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus", help="text file (one text per line) the tokenizer is trained on, e.g. a synthetic world's corpus.txt")
     parser.add_argument("--llm_layers", type=int, help=f"decoder layers of the LLM (default {TINY_TEXT['num_hidden_layers']})")
-    parser.add_argument("--no_repeat_target_ngram_size", type=int, default=0,
+    parser.add_argument("--no_repeat_target_ngram_size", type=int, default=PixelLMConfig.no_repeat_target_ngram_size,
                         help="generation never names a target twice, a name being this many tokens before a seg group (0: off)")
-    parser.add_argument("--min_target_confidence", type=float, default=0.0,
+    parser.add_argument("--min_target_confidence", type=float, default=PixelLMConfig.min_target_confidence,
                         help="generation withdraws a target whose mask is less confident than this (0: off)")
-    parser.add_argument("--answer_candidates", type=int, default=1,
+    parser.add_argument("--answer_candidates", type=int, default=PixelLMConfig.answer_candidates,
                         help="generation answers each prompt this many times and keeps the answer whose targets they agree on (1: greedy only)")
-    parser.add_argument("--candidate_temperature", type=float, default=1.0, help="temperature of the sampled answer candidates")
-    parser.add_argument("--candidate_min_confidence", type=float, default=0.9,
+    parser.add_argument("--candidate_temperature", type=float, default=PixelLMConfig.candidate_temperature, help="temperature of the sampled answer candidates")
+    parser.add_argument("--candidate_min_confidence", type=float, default=PixelLMConfig.candidate_min_confidence,
                         help="mask confidence from which a candidate's mask is a target (weaker ones count against it)")
-    parser.add_argument("--candidate_vote_share", type=float, default=0.4,
+    parser.add_argument("--candidate_vote_share", type=float, default=PixelLMConfig.candidate_vote_share,
                         help="a target named by more than this share of the candidates counts for an answer, fewer against")
     args = parser.parse_args()
     corpus = Path(args.corpus).read_text().splitlines() if args.corpus else None
