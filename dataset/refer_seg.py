@@ -7,6 +7,8 @@ several objects gets their union as its mask; one with none gets an all-zero mas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .errors import SkipItem
@@ -48,6 +50,11 @@ class ReferSource:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def keep_expressions(self, keep: Callable[[Expression], bool]) -> None:
+        """Drop every expression ``keep`` refuses, and the images left without one."""
+        self.by_image = {image_id: kept for image_id, exprs in self.by_image.items() if (kept := [e for e in exprs if keep(e)])}
+        self.image_ids = sorted(self.by_image)
 
     def build(self, index: int, rng: np.random.Generator) -> Sample:
         image_id = self.image_ids[index]

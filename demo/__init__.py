@@ -10,8 +10,8 @@ where there is one (``demo.recipe.demo_stages`` lists them):
    answer (``model/target_repeat_ban.py``), keep the answer of 6 whose targets the others share
    (``model/answer_candidates.py``) and withdraw targets whose mask is weak (``model/target_confidence.py``);
 3. ``python -m demo.segmentation_pretraining`` gives it what CLIP and LLaVA give the real model: its vision
-   tower learns shapes and colours, its decoder learns to segment named targets (a random LLM cannot yet
-   give the decoder usable prompts);
+   tower learns shapes and colours, its decoder learns to segment named targets, expressions by position
+   ("the leftmost circle") first (a random LLM cannot yet give the decoder usable prompts);
 4. ``deepspeed train_ds.py --train_llm --freeze_pixel_decoder`` trains the whole (random) LLM to read the
    image and the question and to prompt the pretrained decoder (DeepSpeed ZeRO-2, launched as on a GPU
    machine): referring-heavy epochs first (single targets), then a second run from their checkpoint

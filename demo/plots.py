@@ -32,8 +32,9 @@ def _smooth(points: list[tuple[int, float]], window: int) -> tuple[list[int], li
 
 
 def _plot_pretraining(ax, pre: dict[str, list[tuple[int, float]]]) -> None:
-    """Patch accuracy and mask IoU of both pretraining phases on ``ax``."""
+    """Patch accuracy and mask IoU of the pretraining phases on ``ax``."""
     for tag, label in (("pretrain/vision/patch_acc", "vision phase: patch accuracy"),
+                       ("pretrain/focus/iou", "focus phase: mask IoU"),
                        ("pretrain/segmentation/patch_acc", "segmentation phase: patch accuracy"),
                        ("pretrain/segmentation/iou", "segmentation phase: mask IoU")):
         if tag in pre:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cli import flag
 from dataset.multi_reason_seg import load_muse, muse_image_path, muse_question
+from dataset.synthetic.language import POSITIONS
 from dataset.templates import load_templates
 from evaluation.metrics import TARGET_METRICS
 from model.tiny import DECODING_RULES
@@ -35,6 +36,7 @@ REFERENCE_SECONDS = {
     "setup": 15.0,
     "vision_step": 0.070,
     "mask_step": 0.21,
+    "focus_step": 0.18,
     "llm_step": 0.26,
     "lora_step": 0.34,
     "val_image": 0.12,
@@ -65,6 +67,7 @@ class DemoSettings:
     image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss of segmentation pretraining")
     patch_position_loss_weight: float = flag(1.0, "weight of the patch position loss of segmentation pretraining (0: off)")
     vision_steps: int = flag(3000, "vision phase of segmentation pretraining")
+    focus_steps: int = flag(400, "focus phase of segmentation pretraining: referring expressions by position only (0: none)")
     pretrain_steps: int = flag(1000, "segmentation phase of segmentation pretraining")
     pretrain_lr: float = flag(1e-3, "peak learning rate of segmentation pretraining")
     refer_epochs: int = flag(1, "referring-heavy epochs at the start of the LLM stage (0: none)")
@@ -140,11 +143,12 @@ def demo_stages(s: DemoSettings, paths: Paths) -> list[Stage]:
                                             "--dataset_dir", str(paths.world), "--out", str(paths.pretrained),
                                             "--dataset", "sem_seg||refer_seg", "--sem_seg_data", "ade20k", "--refer_seg_data", "refcoco",
                                             "--sample_rates", "1,3", "--vision_steps", str(s.vision_steps), "--steps", str(s.pretrain_steps),
+                                            "--focus_steps", str(s.focus_steps), "--focus_words", ",".join(word for word, *_ in POSITIONS),
                                             "--batch_size", str(s.batch_size), "--lr", str(s.pretrain_lr), "--warmup_steps", "50",
                                             "--precision", "fp32", "--workers", "0", "--seed", str(s.seed),
                                             "--image_token_loss_weight", str(s.image_token_loss_weight),
                                             "--patch_position_loss_weight", str(s.patch_position_loss_weight), "--log_dir", str(paths.out / "pretrain")]],
-              {"setup": 0.5, "vision_step": s.vision_steps, "mask_step": s.pretrain_steps}, training=True),
+              {"setup": 0.5, "vision_step": s.vision_steps, "focus_step": s.focus_steps, "mask_step": s.pretrain_steps}, training=True),
     ]
     weight: list[str] = []
     if s.refer_epochs:

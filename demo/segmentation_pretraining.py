@@ -1,13 +1,13 @@
 """Segmentation pretraining: teach a from-scratch model's vision tower and pixel decoder to segment named classes.
 
     python -m demo.segmentation_pretraining --version TINY_DIR --dataset_dir DATA --out DIR --dataset sem_seg||refer_seg \
-        --sem_seg_data ade20k --refer_seg_data refcoco --sample_rates 1,3 [--vision_steps N] [--steps N]
+        --sem_seg_data ade20k --refer_seg_data refcoco --sample_rates 1,3 [--vision_steps N] [--focus_steps N --focus_words W,...] [--steps N]
 
 PixelLM starts from LLaVA, whose CLIP already sees shapes and whose LLM already turns "the red circle"
 into a hidden state that means something. A model built from random weights (``python -m model.tiny``)
 has neither: the hidden states at its seg tokens barely differ between targets, the decoder cannot tell
 targets apart, learns to hedge over every object, and the LLM gets no useful gradient either. This stage
-breaks that circle before ``train_ds.py``, in two phases on the data of ``--dataset_dir`` (read by the
+breaks that circle before ``train_ds.py``, in up to three phases on the data of ``--dataset_dir`` (read by the
 training loaders):
 
 1. vision (``--vision_steps``): on the ``--sem_seg_data`` label maps, each patch's first-level decoder
@@ -15,14 +15,18 @@ training loaders):
    learn from masks; shape is not, because most targets already differ from the other objects of their
    image by colour. Here "red circle" competes with "red star" of other images, so the vision tower
    learns shape (docs/training.md gives the measured effect).
-2. segmentation (``--steps``): on the ``--dataset`` data, the K seg states of each target are replaced
+2. focus (``--focus_steps``, optional): phase 3's losses on only the referring expressions that contain one
+   of ``--focus_words``. A decoder trained on the whole mix learns "the red circle" but not "the leftmost
+   circle", which needs the extreme of a set; with a few hundred steps on such expressions alone first, the
+   mixed phase goes on to learn them (docs/training.md).
+3. segmentation (``--steps``): on the ``--dataset`` data, the K seg states of each target are replaced
    by a state computed from its name alone: the LLM's final norm of the mean input embedding of the
    name's tokens, the name being a class name (sem_seg) or a referring expression (refer_seg: by colour,
-   kind, size and position; a mean embedding does not carry "leftmost" far, docs/training.md). The vision tower, the decoder-side projector, feature neck, seg
-   codebook, pixel decoder and the input embeddings learn to segment the named target with the model's
+   kind, size and position). The vision tower, the decoder-side projector, feature neck, seg codebook,
+   pixel decoder and the input embeddings learn to segment the named target with the model's
    own BCE + Dice losses (plus the patch loss, ``--patch_class_loss_weight``); the LLM's layers are not run.
 
-In both phases ``--patch_position_loss_weight`` also asks the vision tower to keep where each patch is
+In every phase ``--patch_position_loss_weight`` also asks the vision tower to keep where each patch is
 (``patch_position_loss``), which masks alone do not.
 
 The result is a PixelLM folder with the same config and tokenizer, the starting point of ``train_ds.py
@@ -76,11 +80,14 @@ class PretrainArgs(ModelArgs, DataArgs, OptimArgs):
     out: str = flag("", "output PixelLM folder (written atomically)", required=True)
     vision_steps: int = flag(0, "steps of the first phase: vision tower, decoder-side projector and neck learn to classify the "
                                 "patches of --sem_seg_data label maps (the decoder is not run)")
-    steps: int = flag(600, "steps of the second phase: everything in TRAINED learns the masks")
-    patch_class_loss_weight: float = flag(1.0, "weight of the patch classification loss in the second phase (0: off)")
-    patch_position_loss_weight: float = flag(0.0, "weight of the patch position loss in both phases (0: off): each patch's CLIP feature at the "
+    focus_steps: int = flag(0, "steps of a phase between the two on only the --refer_seg_data expressions that contain one of "
+                               "--focus_words: what the mixed phase does not pick up alone (docs/training.md)")
+    focus_words: str = flag("", "comma-separated words of the focus phase's expressions, e.g. leftmost,rightmost")
+    steps: int = flag(600, "steps of the last phase: everything in TRAINED learns the masks")
+    patch_class_loss_weight: float = flag(1.0, "weight of the patch classification loss in the last two phases (0: off)")
+    patch_position_loss_weight: float = flag(0.0, "weight of the patch position loss in every phase (0: off): each patch's CLIP feature at the "
                                                   "LLM's level must give its row and column through a linear head")
-    image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss in both phases (0: off): each LLM image token "
+    image_token_loss_weight: float = flag(0.0, "weight of the image-token alignment loss in every phase (0: off): each LLM image token "
                                                "is classified among the batch's class names by its cosine to their input embeddings, "
                                                "and mm_projector learns with it")
     log_dir: str = flag("", "TensorBoard folder for each step's loss, IoU and patch accuracy (tags pretrain/<phase>/<metric>; empty: none)")
@@ -90,6 +97,11 @@ class PretrainArgs(ModelArgs, DataArgs, OptimArgs):
         unsupported = [kind for kind in self.kinds() if kind not in PROMPT_KINDS]
         if unsupported:
             raise ValueError(f"--dataset {self.dataset}: segmentation pretraining reads target names of {PROMPT_KINDS} only, not {unsupported}")
+        if self.focus_steps and not self.focus_word_set():
+            raise ValueError(f"--focus_steps {self.focus_steps} needs --focus_words: the words whose referring expressions the focus phase reads")
+
+    def focus_word_set(self) -> set[str]:
+        return {word.strip().lower() for word in self.focus_words.split(",") if word.strip()}
 
 
 PROMPT_KINDS = ("sem_seg", "refer_seg")
@@ -145,6 +157,18 @@ def collate_samples(samples: list[Sample], grid: int, llm_grid: int, image_size:
         "patch_labels": torch.stack([patch_labels(s, n, class_names, grid, image_size) for s, n in zip(samples, per_sample)]),
         "token_labels": torch.stack([patch_labels(s, n, class_names, llm_grid, image_size) for s, n in zip(samples, per_sample)]),
     }
+
+
+def keep_expressions_with(data: HybridDataset, words: set[str]) -> None:
+    """Keep only the referring expressions of ``data``'s refer_seg sources that contain one of ``words`` (lower case,
+    whole words)."""
+    refer = next((d for d in data.datasets if d.kind == "refer_seg"), None)
+    if refer is None:
+        raise ValueError("the focus phase reads referring expressions: its data needs refer_seg (--refer_seg_data)")
+    for source in refer.sources:
+        source.keep_expressions(lambda e: not words.isdisjoint(e.sentence.lower().split()))
+        if not len(source):
+            raise ValueError(f"--focus_words {','.join(sorted(words))}: no training expression of {source.name} contains one of them")
 
 
 def name_embeddings(model: PixelLMForCausalLM, tokenizer, names: list[str]) -> torch.Tensor:
@@ -298,9 +322,12 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     collate = functools.partial(collate_samples, grid=model.config.vision_grid, llm_grid=model.config.llm_grid,
                                 image_size=model.config.image_size)
 
-    def loader(dataset: str, sample_rates: str, steps: int) -> DataLoader:
+    def loader(dataset: str, sample_rates: str, steps: int, words: set[str] | None = None) -> DataLoader:
+        """Batches of ``dataset``; with ``words``, refer_seg's expressions that contain none of them are dropped."""
         data_args = dataclasses.replace(args, dataset=dataset, sample_rates=sample_rates)
         data = HybridDataset(data_args, processor, model.config.tokens_per_target, steps * args.batch_size)
+        if words:
+            keep_expressions_with(data, words)
         return DataLoader(data, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=args.workers, drop_last=True)
 
     def features_of(batch: dict) -> tuple[ImageFeatures, torch.Tensor]:
@@ -353,13 +380,17 @@ def pretrain_segmentation(args: PretrainArgs) -> dict:
     if args.vision_steps:
         vision = run_phase("vision pretraining", loader("sem_seg", "1", args.vision_steps), args.vision_steps,
                            trainable(VISION_TRAINED), args, vision_loss)
+    focus = {}
+    if args.focus_steps:
+        focus = run_phase("focus pretraining", loader("refer_seg", "1", args.focus_steps, args.focus_word_set()), args.focus_steps,
+                          trainable(TRAINED), args, segmentation_loss)
     segmentation = run_phase("segmentation pretraining", loader(args.dataset, args.sample_rates, args.steps), args.steps,
                              trainable(TRAINED), args, segmentation_loss)
     if args.log_dir:
-        write_log(args.log_dir, [("vision", vision), ("segmentation", segmentation)])
+        write_log(args.log_dir, [("vision", vision), ("focus", focus), ("segmentation", segmentation)])
     model.requires_grad_(False)
     out = save_model_folder(model, tokenizer, processor, args.out)
-    result = {"steps": args.vision_steps + args.steps, "seconds": round(time.time() - started, 1),
+    result = {"steps": args.vision_steps + args.focus_steps + args.steps, "seconds": round(time.time() - started, 1),
               "train_iou": float(np.mean(segmentation["iou"][-50:])),
               "vision_patch_accuracy": float(np.mean(vision["patch_acc"][-50:])) if vision else float("nan"), "out": str(out)}
     logger.info("wrote %s: %d steps in %.0f s, train IoU over the last 50 steps %.3f, patch accuracy after the vision phase %.3f",

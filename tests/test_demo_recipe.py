@@ -30,6 +30,9 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     pretraining = commands["segmentation pretraining"][0]
     assert str(paths.pretrained) in pretraining
     assert pretraining[pretraining.index("--patch_position_loss_weight") + 1] == "1.0"  # the tower keeps patch positions (docs/training.md)
+    # the decoder learns to pick the extreme of a set from expressions by position alone first (docs/training.md)
+    assert pretraining[pretraining.index("--focus_steps") + 1] == "400"
+    assert set(pretraining[pretraining.index("--focus_words") + 1].split(",")) == {"leftmost", "rightmost", "topmost", "bottommost"}
     tiny = commands["tiny model"][0]
     # the model folder carries the decoding rules to chat and evaluation: no target named twice, weak targets withdrawn,
     # the answer of 6 whose targets they agree on (docs/training.md)

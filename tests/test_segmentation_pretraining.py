@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from demo.segmentation_pretraining import (
     PretrainArgs,
     collate_samples,
     image_token_loss,
+    keep_expressions_with,
     mask_loss,
     name_states,
     parse_args,
@@ -23,7 +25,7 @@ from demo.segmentation_pretraining import (
     patch_positions,
     pretrain_segmentation,
 )
-from model import PixelLMForCausalLM, PixelLMImageProcessor
+from model import PixelLMConfig, PixelLMForCausalLM, PixelLMImageProcessor
 from model.conversation import IGNORE_INDEX
 from model.tokenization import load_tokenizer
 from model.vision_tower import patch_validity
@@ -237,4 +239,42 @@ def test_cli_flags_keep_the_dataclass_defaults():
 def test_only_named_targets_can_prompt():
     args = parse_args(["--version", "v", "--dataset_dir", "d", "--out", "o", "--dataset", "sem_seg||vqa", "--sample_rates", "1,1"])
     with pytest.raises(ValueError, match="reads target names of .*sem_seg.*refer_seg.* not \\['vqa'\\]"):
+        args.validate()
+
+
+def test_focus_data_names_only_expressions_with_the_focus_words(world):
+    processor = PixelLMImageProcessor.from_pretrained(world["tiny"])
+    tokens = PixelLMConfig.from_pretrained(world["tiny"]).tokens_per_target
+    args = DataArgs(dataset_dir=str(world["data"]), dataset="refer_seg", sample_rates="1", refer_seg_data="refcoco", seed=5)
+    words = {"leftmost", "topmost"}
+    data = HybridDataset(args, processor, tokens)
+    everything = [name for i in range(40) for question in data[i].targets for name in question]
+    assert any(words.isdisjoint(name.split()) for name in everything)
+    keep_expressions_with(data, words)
+    focused = [name for i in range(40) for question in data[i].targets for name in question]
+    assert focused and all(not words.isdisjoint(name.split()) for name in focused)
+    assert {name.split()[0] for name in focused} <= words
+    with pytest.raises(ValueError, match="--focus_words wavy: no training expression of refcoco contains one of them"):
+        keep_expressions_with(HybridDataset(args, processor, tokens), {"wavy"})
+    with pytest.raises(ValueError, match="needs refer_seg"):
+        keep_expressions_with(HybridDataset(dataclasses.replace(args, dataset="sem_seg", sem_seg_data="ade20k"), processor, tokens), words)
+
+
+def test_focus_phase_runs_between_vision_and_segmentation(world, tmp_path):
+    log_dir = tmp_path / "log"
+    args = PretrainArgs(version=str(world["tiny"]), dataset_dir=str(world["data"]), out=str(tmp_path / "out"), dataset="sem_seg||refer_seg",
+                        sample_rates="1,3", sem_seg_data="ade20k", refer_seg_data="refcoco", vision_steps=0, focus_steps=10,
+                        focus_words="leftmost,rightmost,topmost,bottommost", steps=10, batch_size=2, lr=1e-3, warmup_steps=2,
+                        precision="fp32", workers=0, device="cpu", log_dir=str(log_dir))
+    assert pretrain_segmentation(args)["steps"] == 20
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("pretrain/focus/iou")] == [9]
+    assert [e.step for e in events.Scalars("pretrain/segmentation/iou")] == [19]
+
+
+def test_focus_steps_need_focus_words():
+    args = parse_args(["--version", "v", "--dataset_dir", "d", "--out", "o", "--dataset", "refer_seg", "--sample_rates", "1",
+                       "--focus_steps", "5", "--focus_words", " , "])
+    with pytest.raises(ValueError, match="--focus_steps 5 needs --focus_words"):
         args.validate()
