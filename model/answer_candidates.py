@@ -51,8 +51,7 @@ def choose_candidate(candidates: list[torch.Tensor], min_confidence: float, vote
     owner = torch.cat([torch.full((len(t),), c, dtype=torch.long) for c, t in enumerate(targets)])
     scores = -WEAK_PENALTY * torch.tensor(weak, dtype=torch.float32)
     if owner.numel():
-        every = torch.cat(targets)
-        same = (_pairwise_iou(every, every) >= SAME_TARGET_IOU).float().cpu()
+        same = (_pairwise_iou(torch.cat(targets)) >= SAME_TARGET_IOU).float().cpu()
         votes = (same @ torch.nn.functional.one_hot(owner, n).float() > 0).sum(1)
         scores.index_add_(0, owner, votes / n - vote_share)
     return best_candidate(scores.tolist())
@@ -60,20 +59,21 @@ def choose_candidate(candidates: list[torch.Tensor], min_confidence: float, vote
 
 def _targets(masks: torch.Tensor, min_confidence: float) -> tuple[torch.Tensor, int]:
     """mask logits [N, H, W] -> (the distinct confident masks, flat bool [D, H*W] in order; the number of weak ones)."""
-    confident = (mask_confidence(masks) >= min_confidence).cpu()
-    claimed = (masks > 0).flatten(1)[confident.to(masks.device)]
-    iou = _pairwise_iou(claimed, claimed).cpu()
+    confident = mask_confidence(masks) >= min_confidence
+    claimed = (masks > 0).flatten(1)[confident]
+    iou = _pairwise_iou(claimed).tolist()
     kept: list[int] = []
-    for i in range(claimed.shape[0]):
-        if all(iou[i, j] < SAME_TARGET_IOU for j in kept):
+    for i in range(len(iou)):
+        if all(iou[i][j] < SAME_TARGET_IOU for j in kept):
             kept.append(i)
     return claimed[kept], int((~confident).sum())
 
 
-def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Flat bool masks a [N, P], b [M, P] -> IoU [N, M] (1 where both are empty)."""
-    intersection = a.float() @ b.float().T
-    union = a.sum(1, keepdim=True) + b.sum(1)[None] - intersection
+def _pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
+    """Flat bool masks [N, P] -> IoU of every pair [N, N] (1 where both are empty)."""
+    intersection = masks.float() @ masks.float().T
+    area = masks.sum(1)
+    union = area[:, None] + area[None] - intersection
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 
