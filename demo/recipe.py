@@ -209,15 +209,21 @@ def first_question_with_targets(item: dict) -> int | None:
 
 @dataclass
 class Eta:
-    """Expected durations: REFERENCE_SECONDS scaled by how much slower or faster the finished stages ran."""
+    """Expected durations: REFERENCE_SECONDS scaled by how much slower or faster the finished stages ran.
+
+    The reference speed counts as ``prior_seconds`` of work already measured, so a stage of a few seconds
+    (writing the world, building the tiny model) does not set the speed of the half-hour that follows: on the
+    reference machine the world's 16 s ran in 8, which alone would have halved every ETA after it.
+    """
 
     measured: float = 0.0
     expected_so_far: float = 0.0
+    prior_seconds: float = 60.0
 
     @property
     def speed(self) -> float:
-        """Measured seconds per reference second (1.0 before any stage has finished)."""
-        return self.measured / self.expected_so_far if self.expected_so_far else 1.0
+        """Measured seconds per reference second, the reference speed (1.0) weighing as ``prior_seconds``."""
+        return (self.measured + self.prior_seconds) / (self.expected_so_far + self.prior_seconds)
 
     def seconds(self, stage: Stage) -> float:
         return stage.expected_seconds(REFERENCE_SECONDS) * self.speed

@@ -14,9 +14,20 @@ def test_eta_scales_the_reference_costs_by_the_measured_speed():
     eta = Eta()
     assert eta.seconds(second) == pytest.approx(300 * REFERENCE_SECONDS["llm_step"] + REFERENCE_SECONDS["setup"])
     eta.record(first, 2 * 100 * REFERENCE_SECONDS["llm_step"])  # this machine runs at half the reference speed
-    assert eta.speed == pytest.approx(2.0)
-    assert eta.seconds(second) == pytest.approx(2 * (300 * REFERENCE_SECONDS["llm_step"] + REFERENCE_SECONDS["setup"]))
+    first_work = 100 * REFERENCE_SECONDS["llm_step"]
+    speed = (2 * first_work + eta.prior_seconds) / (first_work + eta.prior_seconds)
+    assert eta.speed == pytest.approx(speed) and 1.2 < speed < 2.0
+    assert eta.seconds(second) == pytest.approx(speed * (300 * REFERENCE_SECONDS["llm_step"] + REFERENCE_SECONDS["setup"]))
+    eta.record(second, 2 * second.expected_seconds(REFERENCE_SECONDS))
+    assert speed < eta.speed < 2.0  # the more work measured, the nearer the measured speed
     assert minutes(90) == "1.5 min" and minutes(42) == "42 s"
+
+
+def test_a_few_fast_seconds_do_not_halve_the_eta():
+    world, pretraining = Stage("world", lambda: [], {"scene": 4000}), Stage("pretraining", lambda: [], {"vision_step": 3000, "mask_step": 1000})
+    eta = Eta()
+    eta.record(world, world.expected_seconds(REFERENCE_SECONDS) / 2)  # 16 s of reference work done in 8
+    assert eta.seconds(pretraining) > 0.85 * pretraining.expected_seconds(REFERENCE_SECONDS)
 
 
 def test_stages_chain_their_outputs(tmp_path: Path):
