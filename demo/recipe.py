@@ -213,12 +213,16 @@ class Eta:
 
     The reference speed counts as ``prior_seconds`` of work already measured, so a stage of a few seconds
     (writing the world, building the tiny model) does not set the speed of the half-hour that follows: on the
-    reference machine the world's 16 s ran in 8, which alone would have halved every ETA after it.
+    2-core machines of 2026-12-05 the world's 16 reference seconds ran in 8, which alone halved every ETA after it.
     """
 
     measured: float = 0.0
     expected_so_far: float = 0.0
     prior_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.prior_seconds <= 0:
+            raise ValueError(f"Eta.prior_seconds must be > 0 (the weight of the reference speed), got {self.prior_seconds}")
 
     @property
     def speed(self) -> float:
