@@ -61,6 +61,7 @@ class DemoSettings:
     candidate_temperature: float = flag(1.0, "temperature of the sampled answer candidates")
     candidate_min_confidence: float = flag(0.9, "mask confidence from which a candidate's mask is a target")
     candidate_vote_share: float = flag(0.4, "a target named by more than this share of the candidates counts for an answer")
+    candidate_add_votes: int = flag(2, "a kept answer that names a target also gets each target this many candidates name (0: off)")
     train_no_target_rate: float = flag(0.15, "chance of a training MUSE question about each absent colour or kind")
     train_combo_questions: bool = flag(False, "also ask training MUSE questions about colour-and-kind groups")
     vqa_presence_questions: bool = flag(False, "VQA also asks whether a kind or a colour is there (docs/training.md)")

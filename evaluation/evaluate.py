@@ -142,7 +142,7 @@ def _generated(model: nn.Module, inputs: dict, batch: dict, options: EvalOptions
         )
         rows = range(offset[b], offset[b] + len(per_question))
         fields = {"answers": answers, "pred_counts": [int(gen.pred_masks[r].shape[0]) for r in rows],
-                  "chosen_candidates": [gen.chosen_candidate[r] for r in rows]}
+                  "chosen_candidates": [gen.chosen_candidate[r] for r in rows], "added_targets": [gen.added_targets[r] for r in rows]}
         targets = [question_targets(c, g) for c, g in zip(counts.split(pairs_per_question), per_question)]
         results.append((counts, targets, fields))
     return results

@@ -15,9 +15,18 @@ target's votes are the candidates, its own included, that have it. So a target n
 and a mask the decoder is unsure of costs half a point. Ties go to the earliest candidate, the greedy answer
 first. The draws come from a generator seeded with 0 on every call unless one is given: the same batch of
 prompts gets the same answers.
+
+The kept answer often still misses a target that other answers name (two stars, of which it names one). With
+``candidate_add_votes`` = k > 0, a kept answer that names at least one target gets every further target that
+at least k answers name, its words and seg group taken from one of them (``agreed_additions``,
+``add_targets``). Only answers that name no target alone vote here: an answer with a target no other answer
+names is likely inventing, and its other targets are not trusted either. A kept answer with no target gets
+nothing: "There is no triangle here." stays an answer without masks.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -55,6 +64,81 @@ def choose_candidate(candidates: list[torch.Tensor], min_confidence: float, vote
         votes = (same @ torch.nn.functional.one_hot(owner, n).float() > 0).sum(1)
         scores.index_add_(0, owner, votes / n - vote_share)
     return best_candidate(scores.tolist())
+
+
+@dataclass(frozen=True)
+class CandidateAnswer:
+    """One answer: its tokens (ending at eos when it ended), its mask logits [N, H, W] and its N seg groups
+    (token positions of the group's K tokens, well formed), mask n being group n's."""
+
+    sequence: list[int]
+    masks: torch.Tensor
+    groups: list[tuple[list[int], bool]]
+
+
+def agreed_additions(candidates: list[torch.Tensor], kept: int, min_confidence: float, add_votes: int) -> list[tuple[int, int]]:
+    """The mask logits [N_c, H, W] of each of a prompt's candidates and the kept one's index -> the targets to
+    add to the kept answer, as (candidate, mask index) in the order found.
+
+    A target is a confident (>= ``min_confidence``), non-empty mask; its voters are the candidates that have a
+    mask of it (IoU >= 0.5) and no target named by them alone. It is added when it has at least ``add_votes``
+    voters and neither the kept answer nor an earlier addition has it. Where a voter names it after another
+    target, that voter's mask and words are taken (they begin with a joining word: "and the red star").
+    """
+    if add_votes < 1:
+        return []
+    owner, index, flat = [], [], []
+    for c, masks in enumerate(candidates):
+        claimed = (masks > 0).flatten(1)
+        for i in ((mask_confidence(masks) >= min_confidence) & claimed.any(1)).nonzero()[:, 0].tolist():
+            owner.append(c)
+            index.append(i)
+            flat.append(claimed[i])
+    if kept not in owner:
+        return []
+    same = (_pairwise_iou(torch.stack(flat)) >= SAME_TARGET_IOU).cpu()
+    havers = [{owner[b] for b in row.nonzero()[:, 0].tolist()} for row in same]
+    lone = {owner[a] for a, h in enumerate(havers) if len(h) == 1}
+    kept_masks = (candidates[kept] > 0).flatten(1)
+    taken: list[torch.Tensor] = []
+    additions = []
+    for a, c in enumerate(owner):
+        voters = havers[a] - lone
+        if c == kept or len(voters) < add_votes or _overlaps(flat[a], kept_masks) or _overlaps(flat[a], taken):
+            continue
+        voted = [b for b in same[a].nonzero()[:, 0].tolist() if owner[b] in voters]
+        pick = next((b for b in voted if index[b] > 0), voted[0])
+        additions.append((owner[pick], index[pick]))
+        taken.append(flat[a])
+    return additions
+
+
+def _overlaps(mask: torch.Tensor, others: torch.Tensor | list[torch.Tensor]) -> bool:
+    """Flat bool mask [P] against flat bool masks [M, P]: is one of them the same target (IoU >= 0.5)?"""
+    if len(others) == 0:
+        return False
+    stack = torch.stack(list(others)) if isinstance(others, list) else others
+    return bool((_pairwise_iou(torch.cat([stack, mask[None]]))[-1, :-1] >= SAME_TARGET_IOU).any())
+
+
+def add_targets(answer: CandidateAnswer, sources: list[CandidateAnswer], additions: list[tuple[int, int]]) -> CandidateAnswer:
+    """``answer`` with each addition (source, mask index) spliced in after its last seg group: the source's
+    tokens from the end of the group before that target (or the start of the answer) to the end of its group,
+    its mask appended to the masks and its group, moved to its new positions, to the groups."""
+    if not additions:
+        return answer
+    cut = max((positions[-1] + 1 for positions, _ in answer.groups), default=len(answer.sequence))
+    middle: list[int] = []
+    groups = list(answer.groups)
+    for c, i in additions:
+        source = sources[c]
+        start = source.groups[i - 1][0][-1] + 1 if i > 0 else 0
+        positions, well_formed = source.groups[i]
+        shift = cut + len(middle) - start
+        groups.append(([p + shift for p in positions], well_formed))
+        middle += source.sequence[start : positions[-1] + 1]
+    masks = torch.cat([answer.masks] + [sources[c].masks[i : i + 1] for c, i in additions])
+    return CandidateAnswer(answer.sequence[:cut] + middle + answer.sequence[cut:], masks, groups)
 
 
 def _targets(masks: torch.Tensor, min_confidence: float) -> tuple[torch.Tensor, int]:

@@ -44,6 +44,8 @@ class PixelLMConfig(PreTrainedConfig):
         prompt this many times (the greedy answer and the others sampled at the temperature) and keeps the answer
         whose targets (masks at least that confident) the answers agree on: a target named by more than the vote
         share of them counts for an answer, fewer against (1: greedy only; ``model/answer_candidates.py``).
+    candidate_add_votes: a kept answer that names a target also gets each target that at least this many of the
+        answers name and it does not (0: off; ``model/answer_candidates.py``).
     compat_clip_pos_embed_shift: reproduce the original's CLS/grid shift when resizing CLIP positions.
     compat_fixed_fusion: fixed 1/(2*seg_token_num) token weights and 1/2 scale weights instead of learnable ones.
     image_token_id, im_start_token_id, im_end_token_id, seg_token_ids: ids in the model's tokenizer.
@@ -78,6 +80,7 @@ class PixelLMConfig(PreTrainedConfig):
     candidate_temperature: float = 1.0
     candidate_min_confidence: float = 0.9
     candidate_vote_share: float = 0.4
+    candidate_add_votes: int = 0
     compat_clip_pos_embed_shift: bool = False
     compat_fixed_fusion: bool = False
     image_token_id: int | None = None
@@ -110,6 +113,11 @@ class PixelLMConfig(PreTrainedConfig):
             raise ValueError(f"candidate_min_confidence must be in [0, 1], got {self.candidate_min_confidence}: fix it in config.json")
         if not 0.0 <= self.candidate_vote_share <= 1.0:
             raise ValueError(f"candidate_vote_share must be in [0, 1], got {self.candidate_vote_share}: fix it in config.json")
+        if not 0 <= self.candidate_add_votes <= self.answer_candidates:
+            raise ValueError(
+                f"candidate_add_votes must be in [0, answer_candidates={self.answer_candidates}] (0: off), "
+                f"got {self.candidate_add_votes}: fix it in config.json"
+            )
         if self.seg_token_ids is not None and len(self.seg_token_ids) != self.tokens_per_target:
             raise ValueError(
                 f"seg_token_ids has {len(self.seg_token_ids)} ids, expected K = seg_token_num * "

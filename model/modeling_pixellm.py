@@ -12,7 +12,15 @@ from transformers.cache_utils import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput
 
-from .answer_candidates import candidate_tokens, choose_candidate, expand_rows, replay
+from .answer_candidates import (
+    CandidateAnswer,
+    add_targets,
+    agreed_additions,
+    candidate_tokens,
+    choose_candidate,
+    expand_rows,
+    replay,
+)
 from .configuration_pixellm import PixelLMConfig
 from .conversation import IGNORE_INDEX
 from .losses import bce_per_mask, dice_per_mask, refinement_per_mask
@@ -131,6 +139,8 @@ class PixelLMGenerateOutput(ModelOutput):
     withdrawn_groups: per prompt, the seg groups withdrawn for a confidence under ``min_target_confidence``, as
         (positions of their K tokens in ``sequences[q]``, confidence); they have no mask and are not in ``seg_groups``.
     chosen_candidate: per prompt, which of its ``answer_candidates`` answers was kept (0: the greedy one).
+    added_targets: per prompt, how many targets other candidates agreed on were added to the kept answer
+        (``candidate_add_votes``); they are its last seg groups.
     """
 
     sequences: list[list[int]] | None = None
@@ -139,6 +149,7 @@ class PixelLMGenerateOutput(ModelOutput):
     target_confidence: list[torch.Tensor] | None = None
     withdrawn_groups: list[list[tuple[list[int], float]]] | None = None
     chosen_candidate: list[int] | None = None
+    added_targets: list[int] | None = None
 
 
 class PixelLMPreTrainedModel(PreTrainedModel):
@@ -528,7 +539,8 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         withdrawn (``model/target_confidence.py``).
         ``answer_candidates`` (default: the config's; 1: greedy only): answers per prompt, the greedy one and the
         others sampled (from ``generator``, default one seeded with 0), of which the one whose targets most answers
-        share is kept (``model/answer_candidates.py``); the streamer then sees the kept answers once all are chosen.
+        share is kept (``model/answer_candidates.py``), with the targets ``candidate_add_votes`` of them agree on added;
+        the streamer then sees the kept answers once all are chosen.
         """
         n = self.config.answer_candidates if answer_candidates is None else answer_candidates
         if n < 1:
@@ -556,18 +568,24 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.tokens_per_target)
         masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)
         per_row = self._stack_by(masks, groups.rows.tolist(), q * n, [sizes[int(b)] for b in row_image], states)
+        answers = [CandidateAnswer(sequences[r], per_row[r], groups.of_row(r)) for r in range(q * n)]
         chosen = list(range(q))
+        added = [0] * q
         if n > 1:
             cfg = self.config
             chosen = [i * n + choose_candidate(per_row[i * n : (i + 1) * n], cfg.candidate_min_confidence, cfg.candidate_vote_share)
                       for i in range(q)]
+            for i, r in enumerate(chosen):
+                additions = agreed_additions(per_row[i * n : (i + 1) * n], r - i * n, cfg.candidate_min_confidence, cfg.candidate_add_votes)
+                answers[r] = add_targets(answers[r], answers[i * n : (i + 1) * n], additions)
+                added[i] = len(additions)
             if streamer is not None:
-                replay(streamer, [sequences[r] for r in chosen], eos)
+                replay(streamer, [answers[r].sequence for r in chosen], eos)
         threshold = self.config.min_target_confidence if min_target_confidence is None else min_target_confidence
         kept_masks, kept_groups, confidence, withdrawn = map(
-            list, zip(*(split_by_confidence(per_row[r], groups.of_row(r), threshold) for r in chosen))
+            list, zip(*(split_by_confidence(answers[r].masks, answers[r].groups, threshold) for r in chosen))
         )
         return PixelLMGenerateOutput(
-            sequences=[sequences[r] for r in chosen], seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence,
-            withdrawn_groups=withdrawn, chosen_candidate=[r % n for r in chosen],
+            sequences=[answers[r].sequence for r in chosen], seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence,
+            withdrawn_groups=withdrawn, chosen_candidate=[r % n for r in chosen], added_targets=added,
         )

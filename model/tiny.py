@@ -54,7 +54,7 @@ TINY_PIXELLM = {
 
 # PixelLMConfig fields that change how a model answers, not what it computes.
 DECODING_RULES = ("no_repeat_target_ngram_size", "min_target_confidence", "answer_candidates", "candidate_temperature",
-                  "candidate_min_confidence", "candidate_vote_share")
+                  "candidate_min_confidence", "candidate_vote_share", "candidate_add_votes")
 
 
 def build_tiny(out_dir: str | os.PathLike, seed: int = 0, corpus: list[str] | None = None, llm_layers: int | None = None,
@@ -95,6 +95,8 @@ def main() -> None:
                         help="mask confidence from which a candidate's mask is a target (weaker ones count against it)")
     parser.add_argument("--candidate_vote_share", type=float, default=PixelLMConfig.candidate_vote_share,
                         help="a target named by more than this share of the candidates counts for an answer, fewer against")
+    parser.add_argument("--candidate_add_votes", type=int, default=PixelLMConfig.candidate_add_votes,
+                        help="add to a kept answer each target this many candidates name and it does not (0: off)")
     args = parser.parse_args()
     corpus = Path(args.corpus).read_text().splitlines() if args.corpus else None
     out = build_tiny(args.out, args.seed, corpus, args.llm_layers, **{rule: getattr(args, rule) for rule in DECODING_RULES})

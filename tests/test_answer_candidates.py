@@ -1,6 +1,7 @@
 """Answer candidates (model/answer_candidates.py): the vote, the tie rule, the token draw, the config check,
-and the rule end to end through generation and the predictor: the kept answer is the best-scored candidate,
-its masks are that candidate's, and a streamed answer is the kept one."""
+the targets added from other candidates, and the rules end to end through generation and the predictor: the
+kept answer is the best-scored candidate, its masks are that candidate's, an agreed target is spliced into it
+with its words and mask, and a streamed answer is the kept one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch
 
 from forced_answers import ForcedAnswers, answer_ids
 from model import PixelLMConfig
-from model.answer_candidates import best_candidate, candidate_tokens, choose_candidate
+from model.answer_candidates import (
+    CandidateAnswer,
+    add_targets,
+    agreed_additions,
+    best_candidate,
+    candidate_tokens,
+    choose_candidate,
+)
 from model.target_confidence import mask_confidence
 from model.tiny import build_tiny
 from serving.predictor import PixelLMPredictor
@@ -67,8 +75,46 @@ def test_first_candidate_is_greedy_the_others_are_drawn_reproducibly() -> None:
     assert torch.equal(draw(5), draw(5))
 
 
+def test_a_target_enough_candidates_name_is_added_to_the_kept_answer() -> None:
+    """Kept [A]; B named by two others: added at 2 votes, not at 3, taken where it follows another target."""
+    candidates = [torch.cat([A]), torch.cat([B, A]), torch.cat([NEAR_A, B])]
+    assert agreed_additions(candidates, 0, 0.9, 2) == [(2, 1)]
+    assert agreed_additions(candidates, 0, 0.9, 3) == []
+    assert agreed_additions(candidates, 0, 0.9, 0) == []
+    assert agreed_additions([torch.cat([A]), torch.cat([B]), torch.cat([B]), torch.cat([B])], 0, 0.9, 2) == [(1, 0)]  # added once
+    assert agreed_additions([torch.cat([A, B]), torch.cat([A, B]), torch.cat([B])], 0, 0.9, 1) == []  # the kept answer has it
+
+
+def test_no_target_is_added_from_inventing_answers_weak_masks_or_to_an_empty_answer() -> None:
+    """An answer naming a target no other names (X) does not vote; a weak or empty mask is no target; a kept
+    answer that names nothing gets nothing, however many others agree."""
+    assert agreed_additions([torch.cat([A]), torch.cat([A, B, X]), torch.cat([A, B])], 0, 0.9, 2) == []
+    assert agreed_additions([torch.cat([A]), torch.cat([A, B, X]), torch.cat([A, B])], 0, 0.9, 1) == [(2, 1)]
+    assert agreed_additions([torch.cat([A]), torch.cat([A, WEAK]), torch.cat([A, WEAK])], 0, 0.9, 2) == []
+    assert agreed_additions([torch.cat([A]), torch.cat([WEAK]), torch.cat([WEAK])], 0, 0.7, 2) == [(1, 0)]
+    empty = torch.full((1, 12, 12), -6.0)  # confident (sigmoid(-6) ~ 0) but claims no pixel
+    assert agreed_additions([empty, torch.cat([B]), torch.cat([B])], 0, 0.9, 2) == []
+    assert agreed_additions([NONE, torch.cat([B]), torch.cat([B])], 0, 0.9, 2) == []
+
+
+def test_an_added_target_brings_its_words_and_its_group_moved_to_its_new_place() -> None:
+    """Tokens: 1-7 words, 90 91 one seg group (K = 2), 0 eos. The kept answer's tail (". eos") stays last."""
+    kept = CandidateAnswer([1, 2, 90, 91, 5, 0], A, [([2, 3], True)])
+    source = CandidateAnswer([1, 3, 90, 91, 7, 1, 4, 90, 91, 5, 0], torch.cat([X, B]), [([2, 3], True), ([7, 8], True)])
+    out = add_targets(kept, [kept, source], [(1, 1)])
+    assert out.sequence == [1, 2, 90, 91, 7, 1, 4, 90, 91, 5, 0]
+    assert out.groups == [([2, 3], True), ([7, 8], True)]
+    torch.testing.assert_close(out.masks, torch.cat([A, B]))
+    first = add_targets(kept, [kept, source], [(1, 0), (1, 1)])
+    assert first.sequence == [1, 2, 90, 91, 1, 3, 90, 91, 7, 1, 4, 90, 91, 5, 0]
+    assert first.groups == [([2, 3], True), ([6, 7], True), ([11, 12], True)]
+    assert add_targets(kept, [kept, source], []) is kept
+
+
 @pytest.mark.parametrize(
-    ("field", "value"), [("answer_candidates", 0), ("candidate_temperature", 0.0), ("candidate_min_confidence", 1.5), ("candidate_vote_share", -0.1)]
+    ("field", "value"),
+    [("answer_candidates", 0), ("candidate_temperature", 0.0), ("candidate_min_confidence", 1.5), ("candidate_vote_share", -0.1),
+     ("candidate_add_votes", -1), ("candidate_add_votes", 2)],
 )
 def test_config_refuses_bad_candidate_settings(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"{field} must be"):
@@ -123,6 +169,60 @@ def test_generation_keeps_the_best_scored_candidate_with_its_own_masks(predictor
             assert (kept == 2) == (threshold == 1.0)
             assert out.sequences[q] == alone[kept].sequences[q] == scripts[kept]
             torch.testing.assert_close(out.pred_masks[q], alone[kept].pred_masks[q])
+
+
+def test_generation_adds_the_target_two_candidates_agree_on(predictor: PixelLMPredictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six forced candidates per prompt; an untrained decoder draws one mask for every group, so each group's
+    mask is set by what its answer names (the red circle: A, the blue star: B). Prompt 1: four answers name the
+    circle, two also the star (2 of 6: under the vote share, so "the red circle." is kept); with
+    ``candidate_add_votes`` 2 the star is added with the words of the answer that names it second, and the result
+    is that answer, its masks and groups; at 3 nothing is added. Prompt 2: the kept answer names nothing, and two
+    answers naming the star do not change it. The predictor reads the added target's phrase."""
+    model, tokenizer = predictor.model, predictor.tokenizer
+    image = np.random.default_rng(3).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    circle, both, star_first, star, none = (answer_ids(tokenizer, s) for s in (
+        "the red circle{S}.", "the red circle{S} and the blue star{S}.", "the blue star{S} and the red circle{S}.", "the blue star{S}.", "none."))
+    rows = [circle] * 4 + [star_first, both] + [none] * 4 + [star] * 2
+    names = [["circle"]] * 4 + [["star", "circle"], ["circle", "star"]] + [[]] * 4 + [["star"]] * 2
+    left, right = torch.full((48, 48), -6.0), torch.full((48, 48), -6.0)
+    left[:, :20] = 6.0
+    right[:, 28:] = 6.0
+    drawn = {"circle": left, "star": right}
+    original = model._masks_of_groups
+
+    def scripted(states, state_positions, groups, *args):
+        masks = original(states, state_positions, groups, *args)
+        seen: dict[int, int] = {}
+        out = []
+        for mask, row in zip(masks, groups.rows.tolist()):
+            out.append(drawn[names[row][seen.get(row, 0)]].to(mask))
+            seen[row] = seen.get(row, 0) + 1
+        return out
+
+    monkeypatch.setattr(model, "_masks_of_groups", scripted)
+    longest = max(map(len, rows))
+    prompt = predictor.prompt_ids([], "Segment the circle and the star.", longest)
+    kwargs = dict(image_features=predictor.session.features, original_sizes=torch.tensor([[48, 48]]), offset=torch.tensor([0, 2]),
+                  max_new_tokens=longest, answer_candidates=6)
+    for votes, expected in ((2, both), (3, circle)):
+        monkeypatch.setattr(model.config, "candidate_add_votes", votes)
+        with ForcedAnswers(model, [rows]):
+            out = model.generate_with_masks(torch.tensor([prompt, prompt]), **kwargs)
+        assert out.chosen_candidate == [0, 0]
+        assert out.sequences == [expected, none]
+        assert out.added_targets == [int(votes == 2), 0]
+        seg_positions = [i for i, token in enumerate(expected) if token in model.config.seg_token_ids]
+        k = model.config.tokens_per_target
+        assert [positions for positions, _ in out.seg_groups[0]] == [seg_positions[j : j + k] for j in range(0, len(seg_positions), k)]
+        torch.testing.assert_close(out.pred_masks[0], torch.stack([left, right][: 1 + int(votes == 2)]))
+        assert out.pred_masks[1].shape[0] == 0
+
+    monkeypatch.setattr(model.config, "candidate_add_votes", 2)
+    monkeypatch.setattr(model.config, "answer_candidates", 6)
+    with ForcedAnswers(model, [rows[:6]]):
+        answer = predictor.ask("Segment the circle and the star.", max_new_tokens=longest)
+    assert [t.phrase for t in answer.targets] == ["red circle", "blue star"]
 
 
 def test_the_streamed_answer_is_the_kept_one(predictor: PixelLMPredictor) -> None:

@@ -46,9 +46,9 @@ def test_stages_chain_their_outputs(tmp_path: Path):
     assert set(pretraining[pretraining.index("--focus_words") + 1].split(",")) == {"leftmost", "rightmost", "topmost", "bottommost"}
     tiny = commands["tiny model"][0]
     # the model folder carries the decoding rules to chat and evaluation: no target named twice, weak targets withdrawn,
-    # the answer of 6 whose targets they agree on (docs/training.md)
+    # the answer of 6 whose targets they agree on, with the targets two of them agree on added (docs/training.md)
     for rule in ("--no_repeat_target_ngram_size=3", "--min_target_confidence=0.9", "--answer_candidates=6",
-                 "--candidate_temperature=1.0", "--candidate_min_confidence=0.9", "--candidate_vote_share=0.4"):
+                 "--candidate_temperature=1.0", "--candidate_min_confidence=0.9", "--candidate_vote_share=0.4", "--candidate_add_votes=2"):
         assert rule in tiny
     assert tiny[tiny.index("--llm_layers") + 1] == "4"  # answers MUSE questions better than 2 layers (docs/training.md)
     assert ["--weight", str(paths.run("train_llm_refer") / "ckpt_model")] == commands["train_llm"][0][-2:]
