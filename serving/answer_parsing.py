@@ -14,7 +14,7 @@ Display text: the answer without its seg tokens and eos, with whitespace collaps
 
 Phrase of a target (see ``extract_phrase``): the text between the previous seg token (or the start of
 the answer) and the group, reduced to the clause nearest the group, without lead-ins (conjunctions,
-"Sure,", "Here are", "the segmentation result of"), articles, trailing copulas ("is", "are") and
+"Sure,", "Here are", "I found", "the segmentation result of"), articles, trailing copulas ("is", "are") and
 punctuation: "The chili S and the curry S." -> "chili", "curry"; "The masks of the red car are S" ->
 "red car". Pronouns and template words give an empty phrase ("Sure, it is S.", "They are S, S and S.");
 the predictor then names the target "target j".
@@ -35,7 +35,7 @@ _ANY_PUNCT = set(",.;:!?")
 _LEAD_IN = re.compile(
     r"(?:[\s,;:.!?()\"'\-\u2013\u2014]+"
     r"|(?:and|or|but|plus|then|also|while|whereas|as well as|with|sure|yes|ok|okay|of course"
-    r"|here (?:is|are)|there (?:is|are)"
+    r"|here (?:is|are)|there (?:is|are)|i (?:found|see|can see)"
     r"|(?:the )?(?:segmentation )?(?:results?|masks?) (?:of|for)"
     r"|the segmentation (?:results?|masks?))\b"
     r"|(?:the|an|a)\s+(?=\S))",

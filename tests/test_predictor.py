@@ -130,6 +130,7 @@ SEG = " " + " ".join(seg_token_names(6))
         ("Sure, it is{S}.", "Sure, it is.", [""]),
         ("a is{S}, b is{S} and c is{S}.", "a is, b is and c is.", ["a", "b", "c"]),
         ("The masks of the red car are{S}.", "The masks of the red car are.", ["red car"]),
+        ("I found the green triangle{S}.", "I found the green triangle.", ["green triangle"]),
         ("Sure, the segmentation result is{S}.", "Sure, the segmentation result is.", [""]),
         ("Here are cats and dogs:{S},{S}.", "Here are cats and dogs.", ["cats and dogs", ""]),
         ("The dog in this image is{S}. The old brown cat{S}", "The dog in this image is. The old brown cat", ["dog", "old brown cat"]),
