@@ -96,29 +96,22 @@ def agreed_additions(candidates: list[torch.Tensor], kept: int, min_confidence: 
             flat.append(claimed[i])
     if kept not in owner:
         return []
-    same = (_pairwise_iou(torch.stack(flat)) >= SAME_TARGET_IOU).cpu()
+    kept_masks = (candidates[kept] > 0).flatten(1)
+    iou = _pairwise_iou(torch.cat([torch.stack(flat), kept_masks])) >= SAME_TARGET_IOU
+    same, in_kept = iou[: len(flat), : len(flat)].cpu(), iou[: len(flat), len(flat) :].any(1).tolist()
     havers = [{owner[b] for b in row.nonzero()[:, 0].tolist()} for row in same]
     lone = {owner[a] for a, h in enumerate(havers) if len(h) == 1}
-    kept_masks = (candidates[kept] > 0).flatten(1)
-    taken: list[torch.Tensor] = []
+    taken: list[int] = []
     additions = []
     for a, c in enumerate(owner):
         voters = havers[a] - lone
-        if c == kept or len(voters) < add_votes or _overlaps(flat[a], kept_masks) or _overlaps(flat[a], taken):
+        if c == kept or len(voters) < add_votes or in_kept[a] or bool(same[a, taken].any()):
             continue
         voted = [b for b in same[a].nonzero()[:, 0].tolist() if owner[b] in voters]
         pick = next((b for b in voted if index[b] > 0), voted[0])
         additions.append((owner[pick], index[pick]))
-        taken.append(flat[a])
+        taken.append(a)
     return additions
-
-
-def _overlaps(mask: torch.Tensor, others: torch.Tensor | list[torch.Tensor]) -> bool:
-    """Flat bool mask [P] against flat bool masks [M, P]: is one of them the same target (IoU >= 0.5)?"""
-    if len(others) == 0:
-        return False
-    stack = torch.stack(list(others)) if isinstance(others, list) else others
-    return bool((_pairwise_iou(torch.cat([stack, mask[None]]))[-1, :-1] >= SAME_TARGET_IOU).any())
 
 
 def add_targets(answer: CandidateAnswer, sources: list[CandidateAnswer], additions: list[tuple[int, int]]) -> CandidateAnswer:

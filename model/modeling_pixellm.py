@@ -568,24 +568,27 @@ class PixelLMForCausalLM(PixelLMPreTrainedModel):
         groups = find_seg_groups(trimmed, self.seg_token_ids, self.config.tokens_per_target)
         masks = self._masks_of_groups(states, groups.token_positions, groups, features, row_image, sizes)
         per_row = self._stack_by(masks, groups.rows.tolist(), q * n, [sizes[int(b)] for b in row_image], states)
-        answers = [CandidateAnswer(sequences[r], per_row[r], groups.of_row(r)) for r in range(q * n)]
-        chosen = list(range(q))
-        added = [0] * q
+        chosen, additions = list(range(q)), [[] for _ in range(q)]
         if n > 1:
             cfg = self.config
-            chosen = [i * n + choose_candidate(per_row[i * n : (i + 1) * n], cfg.candidate_min_confidence, cfg.candidate_vote_share)
-                      for i in range(q)]
-            for i, r in enumerate(chosen):
-                additions = agreed_additions(per_row[i * n : (i + 1) * n], r - i * n, cfg.candidate_min_confidence, cfg.candidate_add_votes)
-                answers[r] = add_targets(answers[r], answers[i * n : (i + 1) * n], additions)
-                added[i] = len(additions)
-            if streamer is not None:
-                replay(streamer, [answers[r].sequence for r in chosen], eos)
+            for i in range(q):
+                own = per_row[i * n : (i + 1) * n]
+                c = choose_candidate(own, cfg.candidate_min_confidence, cfg.candidate_vote_share)
+                chosen[i] = i * n + c
+                additions[i] = agreed_additions(own, c, cfg.candidate_min_confidence, cfg.candidate_add_votes)
+
+        def answer(r: int) -> CandidateAnswer:
+            return CandidateAnswer(sequences[r], per_row[r], groups.of_row(r))
+
+        kept = [add_targets(answer(r), [answer(i * n + c) for c in range(n)], additions[i]) if additions[i] else answer(r)
+                for i, r in enumerate(chosen)]
+        if n > 1 and streamer is not None:
+            replay(streamer, [a.sequence for a in kept], eos)
         threshold = self.config.min_target_confidence if min_target_confidence is None else min_target_confidence
         kept_masks, kept_groups, confidence, withdrawn = map(
-            list, zip(*(split_by_confidence(answers[r].masks, answers[r].groups, threshold) for r in chosen))
+            list, zip(*(split_by_confidence(a.masks, a.groups, threshold) for a in kept))
         )
         return PixelLMGenerateOutput(
-            sequences=[answers[r].sequence for r in chosen], seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence,
-            withdrawn_groups=withdrawn, chosen_candidate=[r % n for r in chosen], added_targets=added,
+            sequences=[a.sequence for a in kept], seg_groups=kept_groups, pred_masks=kept_masks, target_confidence=confidence,
+            withdrawn_groups=withdrawn, chosen_candidate=[r % n for r in chosen], added_targets=[len(a) for a in additions],
         )
